@@ -1,0 +1,140 @@
+"""What every interp model shares: checked hook points, hook-name validation, input checks, state size.
+
+Every model is a TransformerLens `HookedRootModule`, so `run_with_hooks`, `run_with_cache`, `hooks()`
+and `ActivationCache` behave as interpretability users expect, and `nnsight.NNsight(model)` wraps it
+like any other `nn.Module`. Subclasses set `arch`, keep their dataclass config in `self.cfg`, call
+`self.setup()` at the end of `__init__`, and implement `forward(tokens) -> logits`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+from transformer_lens import HookedRootModule
+from transformer_lens.hook_points import HookPoint
+
+
+class UnknownHookError(KeyError):
+    """A hook name that the model does not have; the message lists the closest existing names."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0])
+
+
+class Hook(HookPoint):
+    """A `HookPoint` that refuses hook functions which change the activation's shape.
+
+    TransformerLens silently passes a wrongly shaped return value on, which then fails far away (or
+    worse, broadcasts). Here the error names the hook and the shape it must keep.
+    """
+
+    def __call__(self, x: Tensor) -> Tensor:
+        out = super().__call__(x)  # nn.Module.__call__ already skips hook dispatch when none exist
+        if out is not x and (not isinstance(out, Tensor) or out.shape != x.shape):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"hook function on {self.name!r} returned {got}; it must return a tensor of the "
+                f"activation's shape {tuple(x.shape)} (or None to leave it unchanged)"
+            )
+        return out
+
+    @property
+    def active(self) -> bool:
+        """True when a hook function is attached, i.e. the model must compute this activation."""
+        return bool(self._forward_hooks)
+
+
+@dataclass(frozen=True)
+class StateSize:
+    """The fixed memory a recurrent model carries from one token to the next (paper, Section 2).
+
+    `numbers_per_layer[l]` counts the floats layer `l` keeps (SSM state, conv cache, LSTM h and c);
+    bits assume `bits_per_number` bits each (32 for float32). The paper's bound: a model whose state
+    holds `bits` bits cannot copy a random string once `L * log2|V|` clearly exceeds it.
+    """
+
+    numbers_per_layer: tuple[int, ...]
+    bits_per_number: int = 32
+
+    @property
+    def numbers(self) -> int:
+        return sum(self.numbers_per_layer)
+
+    @property
+    def bits(self) -> int:
+        return self.numbers * self.bits_per_number
+
+    def max_copy_length(self, n_letters: int) -> float:
+        """Longest uniformly random string over `n_letters` letters the state could hold, in tokens."""
+        return self.bits / math.log2(n_letters)
+
+
+class HookedModel(HookedRootModule):
+    """Base class: `forward(tokens [B, P]) -> logits [B, P, d_vocab]` with named hook points."""
+
+    arch: ClassVar[str]
+    cfg: Any
+
+    # ---- inputs -------------------------------------------------------------------------------
+    def check_tokens(self, tokens: Tensor) -> None:
+        """Raise a clear error for tokens the model cannot take (wrong rank, ids, or too long)."""
+        if not isinstance(tokens, Tensor) or tokens.ndim != 2:
+            shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens must be an integer tensor of shape [batch, pos], got {shape}")
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"tokens must be int64 or int32 token ids, got {tokens.dtype}")
+        n_ctx = getattr(self.cfg, "n_ctx", None)
+        if n_ctx is not None and tokens.shape[1] > n_ctx:
+            raise ValueError(
+                f"sequence of {tokens.shape[1]} tokens is longer than the model's context n_ctx={n_ctx}; "
+                f"use shorter strings or build the model with a larger n_ctx"
+            )
+        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.d_vocab):
+            raise ValueError(
+                f"token ids must lie in [0, {self.cfg.d_vocab}) for this model's vocabulary, got "
+                f"min {int(tokens.min())}, max {int(tokens.max())}"
+            )
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ---- hook names ---------------------------------------------------------------------------
+    def hook_names(self) -> list[str]:
+        return list(self.hook_dict)
+
+    def check_hook_name(self, name: str) -> None:
+        if name not in self.hook_dict:
+            close = difflib.get_close_matches(name, self.hook_dict, n=5, cutoff=0.5)
+            hint = f"closest: {', '.join(close)}" if close else f"it has: {', '.join(self.hook_names()[:12])}..."
+            raise UnknownHookError(f"{type(self).__name__} has no hook named {name!r}; {hint}")
+
+    def add_hook(self, name: str | Callable[[str], bool], hook, *args, **kwargs) -> None:
+        if isinstance(name, str):
+            self.check_hook_name(name)
+        super().add_hook(name, hook, *args, **kwargs)
+
+    def run_with_cache(self, *args, names_filter=None, **kwargs):
+        for name in [names_filter] if isinstance(names_filter, str) else _names_or_empty(names_filter):
+            self.check_hook_name(name)
+        return super().run_with_cache(*args, names_filter=names_filter, **kwargs)
+
+    # ---- memory --------------------------------------------------------------------------------
+    def state_size(self) -> StateSize | None:
+        """Fixed recurrent state (numbers and bits per layer); None for models whose memory grows."""
+        return None
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def _names_or_empty(names_filter: Any) -> Iterable[str]:
+    if isinstance(names_filter, (list, tuple, set)):
+        return [n for n in names_filter if isinstance(n, str)]
+    return []
