@@ -27,4 +27,12 @@ def build_model(arch: str, **options) -> HookedModel:
     return cls(cls.config_class.from_dict(options))
 
 
-__all__ = ["ARCHITECTURES", "Hook", "HookedModel", "StateSize", "UnknownHookError", "build_model", "model_class"]
+__all__ = [
+    "ARCHITECTURES",
+    "Hook",
+    "HookedModel",
+    "StateSize",
+    "UnknownHookError",
+    "build_model",
+    "model_class",
+]

@@ -112,13 +112,19 @@ class HookedModel(HookedRootModule):
     def check_hook_name(self, name: str) -> None:
         if name not in self.hook_dict:
             close = difflib.get_close_matches(name, self.hook_dict, n=5, cutoff=0.5)
-            hint = f"closest: {', '.join(close)}" if close else f"it has: {', '.join(self.hook_names()[:12])}..."
+            hint = (
+                f"closest: {', '.join(close)}" if close else f"it has: {', '.join(self.hook_names()[:12])}..."
+            )
             raise UnknownHookError(f"{type(self).__name__} has no hook named {name!r}; {hint}")
 
     def add_hook(self, name: str | Callable[[str], bool], hook, *args, **kwargs) -> None:
         if isinstance(name, str):
             self.check_hook_name(name)
         super().add_hook(name, hook, *args, **kwargs)
+
+    def _enable_hook_with_name(self, name: str, hook, dir):  # the path run_with_hooks/hooks() take
+        self.check_hook_name(name)
+        super()._enable_hook_with_name(name, hook, dir)
 
     def run_with_cache(self, *args, names_filter=None, **kwargs):
         for name in [names_filter] if isinstance(names_filter, str) else _names_or_empty(names_filter):

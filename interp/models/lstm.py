@@ -22,8 +22,8 @@ def lstm_reference(
 ) -> tuple[Tensor, Tensor]:
     """One-layer LSTM as a plain loop. x: [B, P, D_in] -> hidden, cell: [B, P, D].
 
-    h_edit / c_edit ([B, P, D], NaN where not edited) replace the state at the edited entries before
-    the next step reads it.
+    h_edit / c_edit ([B, P, D], NaN where not edited) replace the state at the edited entries: an
+    edited c_t also feeds h_t = o_t * tanh(c_t), so the edit shows in the output at t and after.
     """
     b, p, _ = x.shape
     d = lstm.hidden_size
@@ -36,9 +36,9 @@ def lstm_reference(
     for t in range(p):
         i, f, g, o = (gates_x[:, t] + h @ w_hh.T).chunk(4, dim=-1)  # PyTorch's gate order
         c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        if c_edit is not None:
+        if c_edit is not None:  # before h reads it: an edited cell state shows from position t on
             c = torch.where(torch.isnan(c_edit[:, t]), c, c_edit[:, t])
+        h = torch.sigmoid(o) * torch.tanh(c)
         if h_edit is not None:
             h = torch.where(torch.isnan(h_edit[:, t]), h, h_edit[:, t])
         hs.append(h)

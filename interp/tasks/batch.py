@@ -67,6 +67,20 @@ class Batch:
             answer_start=self.answer_start[index],
         )
 
+    def score(self, predictions: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-example accuracy of next-token predictions on the scored positions.
+
+        predictions: [B, P] predicted ids (argmax of logits) or [B, P, V] logits.
+        Returns (string_correct [B] bool: every answer token right, char_accuracy [B] float).
+        """
+        if predictions.ndim == 3:
+            predictions = predictions.argmax(-1)
+        targets = self.targets
+        hit = (predictions == targets) & self.score_mask
+        n_scored = self.score_mask.sum(1).clamp(min=1)
+        n_hit = hit.sum(1)
+        return n_hit == self.score_mask.sum(1), n_hit.float() / n_scored
+
     def text(self, i: int = 0) -> str:
         """Example `i` as text, e.g. `$abc|abc.`."""
         return self.vocab.decode(self.tokens[i])

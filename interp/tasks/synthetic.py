@@ -47,7 +47,9 @@ class TaskConfig:
             raise ValueError(f"unknown task {self.task!r}; allowed: {', '.join(TASKS)}")
         Vocab(self.n_letters)  # validates the alphabet size
         if not 1 <= self.min_len <= self.max_len:
-            raise ValueError(f"need 1 <= min_len <= max_len, got min_len={self.min_len}, max_len={self.max_len}")
+            raise ValueError(
+                f"need 1 <= min_len <= max_len, got min_len={self.min_len}, max_len={self.max_len}"
+            )
         if not 1 <= self.ngram <= 12:
             raise ValueError(f"ngram={self.ngram} is not allowed: use 1..12")
         if self.task == "mqar" and self.max_len > self.n_letters // 2:
@@ -141,7 +143,13 @@ def random_strings(n: int, width: int, n_letters: int, gen: torch.Generator, low
 
 
 def make_windows_unique(
-    s: Tensor, size: int, step: int, n_valid: Tensor, n_letters: int, gen: torch.Generator, max_iter: int = 5000
+    s: Tensor,
+    size: int,
+    step: int,
+    n_valid: Tensor,
+    n_letters: int,
+    gen: torch.Generator,
+    max_iter: int = 5000,
 ) -> Tensor:
     """Resample letters of `s` [B, W] until, per row, its first `n_valid` windows are all distinct.
 
@@ -225,7 +233,9 @@ def _lookup(cfg: TaskConfig, lengths: Tensor, gen: torch.Generator, key_first: b
 def _phonebook(cfg: TaskConfig, lengths: Tensor, gen: torch.Generator):
     v, b, k = cfg.vocab, len(lengths), int(lengths.max())
     nl, pl = cfg.name_len, cfg.number_len
-    names = make_windows_unique(random_strings(b, k * nl, cfg.n_letters, gen), nl, nl, lengths, cfg.n_letters, gen)
+    names = make_windows_unique(
+        random_strings(b, k * nl, cfg.n_letters, gen), nl, nl, lengths, cfg.n_letters, gen
+    )
     names = names.view(b, k, nl)
     numbers = random_strings(b * k, pl, cfg.n_letters, gen).view(b, k, pl)
     seps = torch.full((b, k, 1), v.sep)

@@ -1,0 +1,14 @@
+"""interp: how transformers and state-space models copy and retrieve from context, and where.
+
+>>> import interp
+>>> model = interp.load("runs/copy-transformer")        # a checkpoint or a Hugging Face folder
+>>> batch = interp.make_batch(interp.TaskConfig(task="copy"), 16)
+>>> logits, cache = model.run_with_cache(batch.tokens)
+"""
+
+from interp.models import build_model
+from interp.models.loading import load, save_checkpoint
+from interp.tasks import Batch, TaskConfig, Vocab, make_batch
+
+__version__ = "0.1.0"
+__all__ = ["Batch", "TaskConfig", "Vocab", "build_model", "load", "make_batch", "save_checkpoint"]

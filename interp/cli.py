@@ -1,0 +1,256 @@
+"""`interp` command line: train, eval, demo, info. Run `interp COMMAND --help` for the options."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from interp.models import ARCHITECTURES, HookedModel, build_model
+from interp.models.loading import atomic_write, atomic_write_text, load
+from interp.tasks import TASKS, TaskConfig
+from interp.training import TrainConfig, train
+from interp.utils import parse_int_list, resolve_device
+
+# command-line flag -> model config field; only flags the user gave are passed on
+MODEL_FLAGS = {
+    "d_model": int,
+    "n_layers": int,
+    "n_heads": int,
+    "positional": str,
+    "hard_alibi_heads": int,
+    "n_ctx": int,
+    "d_state": int,
+    "expand": int,
+}
+TASK_FLAGS = {
+    "task": str,
+    "n_letters": int,
+    "min_len": int,
+    "max_len": int,
+    "ngram": int,
+    "answer_len": int,
+    "name_len": int,
+    "number_len": int,
+    "n_queries": int,
+    "pack_context": int,
+}
+
+
+def _add_task_args(p: argparse.ArgumentParser, defaults: bool) -> None:
+    g = p.add_argument_group(
+        "task (defaults: copy, 26 letters, lengths 1..20)" if defaults else "task overrides"
+    )
+    g.add_argument("--task", choices=TASKS, help="synthetic task")
+    g.add_argument("--n-letters", type=int, help="alphabet size |V|, 2..26")
+    g.add_argument("--min-len", type=int, help="shortest string (entries for phonebook, pairs for mqar)")
+    g.add_argument("--max-len", type=int, help="longest string")
+    g.add_argument("--ngram", type=int, help="key n-gram size for lookups / unique n-grams")
+    g.add_argument(
+        "--unique-ngrams", action="store_true", default=None, help="strings without repeated n-grams"
+    )
+    g.add_argument("--answer-len", type=int, help="tokens to retrieve in lookups")
+    g.add_argument("--name-len", type=int, help="phone-book name length")
+    g.add_argument("--number-len", type=int, help="phone-book number length")
+    g.add_argument("--n-queries", type=int, help="queries per associative-recall example")
+    g.add_argument(
+        "--pack-context", type=int, help="pack examples into rows of this many tokens (paper: 220)"
+    )
+
+
+def _task_options(args: argparse.Namespace) -> dict:
+    opts = {k: getattr(args, k) for k in TASK_FLAGS if getattr(args, k, None) is not None}
+    if getattr(args, "unique_ngrams", None):
+        opts["unique_ngrams"] = True
+    return opts
+
+
+def _parse_model_opts(pairs: list[str]) -> dict:
+    """`--model-opt rotary_pct=0.25` -> {"rotary_pct": 0.25}; values are read as JSON when they parse."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ValueError(f"--model-opt expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="interp",
+        description="Train, evaluate and inspect transformers, Mamba and LSTMs on copy and retrieval tasks.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on a synthetic task into a checkpoint folder")
+    p.add_argument("--arch", choices=list(ARCHITECTURES), default="transformer", help="model family")
+    p.add_argument("--out", required=True, help="checkpoint folder (config.json, model.safetensors, metrics)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    g = p.add_argument_group("model")
+    g.add_argument("--d-model", type=int, help="width (default: transformer 128, LSTM 256, Mamba 128)")
+    g.add_argument("--n-layers", type=int, help="layers (default 2)")
+    g.add_argument("--n-heads", type=int, help="attention heads (transformer)")
+    g.add_argument("--positional", help="rope | nope | alibi | hard_alibi (transformer)")
+    g.add_argument("--hard-alibi-heads", type=int, help="heads with a hard window (hard_alibi)")
+    g.add_argument("--n-ctx", type=int, help="longest input the model accepts")
+    g.add_argument("--d-state", type=int, help="SSM state size per channel (Mamba)")
+    g.add_argument("--expand", type=int, help="inner width factor (Mamba)")
+    g.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="any other model config field")
+    _add_task_args(p, defaults=True)
+    g = p.add_argument_group("training")
+    for name, typ, help_ in [
+        ("steps", int, "optimizer steps (default 2000)"),
+        ("batch-size", int, "examples per step (default 32)"),
+        ("lr", float, "peak learning rate (default 1e-3)"),
+        ("warmup-steps", int, "linear warm-up steps (default 100)"),
+        ("eval-every", int, "steps between evaluations (default 100)"),
+        ("checkpoint-every", int, "steps between checkpoints (default 500)"),
+        ("seed", int, "seed for data and initialisation (default 0)"),
+    ]:
+        g.add_argument(f"--{name}", type=typ, help=help_)
+    g.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda[:N]")
+    g.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("eval", help="accuracy per string length of a checkpoint")
+    p.add_argument("checkpoint", help="checkpoint folder")
+    p.add_argument("--lengths", default="10,20,40", help="comma-separated string lengths (default 10,20,40)")
+    p.add_argument("--mode", choices=["teacher", "greedy", "both"], default="teacher", help="decoding")
+    p.add_argument("--examples", type=int, default=256, help="examples per length (default 256)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the table as JSON records to this file")
+    p.add_argument("--csv", help="also write the table as CSV to this file")
+    _add_task_args(p, defaults=False)
+
+    p = sub.add_parser("demo", help="train a transformer, an LSTM (and Mamba) on copy and compare them")
+    p.add_argument(
+        "--out", default="demo_out", help="folder for checkpoints, table and plot (default demo_out)"
+    )
+    p.add_argument("--steps", type=int, default=None, help="training steps per model (default: per model)")
+    p.add_argument("--archs", default=None, help="comma-separated subset of transformer,lstm,mamba")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("info", help="print a checkpoint's configuration, size and state size")
+    p.add_argument("checkpoint")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.resume:
+        if not out.exists():
+            raise FileNotFoundError(
+                f"--resume: {out} does not exist; give the --out folder of an earlier run"
+            )
+        checkpoint = load(out)  # clear error if the folder is missing or not a checkpoint
+        saved = checkpoint.checkpoint
+        task = TaskConfig.from_dict(saved["task"])
+        cfg = TrainConfig.from_dict({**saved["train"], **_train_overrides(args)})
+        model = checkpoint
+    else:
+        task = TaskConfig.from_dict(_task_options(args))
+        cfg = TrainConfig(**_train_overrides(args))
+        opts = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k, None) is not None}
+        opts |= _parse_model_opts(args.model_opt)
+        opts.setdefault("d_vocab", task.vocab.size)
+        torch.manual_seed(cfg.seed)
+        model = build_model(args.arch, **opts)
+    print(
+        f"training {model.arch} ({model.num_params():,} parameters) on {task.task}, {cfg.steps} steps -> {out}"
+    )
+    result = train(model, task, cfg, out_dir=out, resume=args.resume, progress=not args.quiet)
+    if result.metrics:
+        last = result.metrics[-1]
+        print(
+            f"step {last['step']}: loss {last['loss']:.4f}, held-out string accuracy {last['string_acc']:.3f}, "
+            f"char accuracy {last['char_acc']:.3f}"
+        )
+    return 0
+
+
+def _train_overrides(args: argparse.Namespace) -> dict:
+    names = ["steps", "batch_size", "lr", "warmup_steps", "eval_every", "checkpoint_every", "seed"]
+    opts = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
+    opts["device"] = args.device
+    return opts
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from interp.analysis.evaluation import evaluate
+
+    device = resolve_device(args.device)
+    model = load(args.checkpoint, device)
+    saved_task = getattr(model, "checkpoint", {}).get("task") or {}
+    task = TaskConfig.from_dict({**saved_task, **_task_options(args)})
+    modes = ("teacher", "greedy") if args.mode == "both" else (args.mode,)
+    df = evaluate(
+        model,
+        task,
+        parse_int_list(args.lengths),
+        n_examples=args.examples,
+        batch_size=args.batch_size,
+        modes=modes,
+        seed=args.seed,
+        progress=True,
+        name=Path(args.checkpoint).name,
+    )
+    print(df.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    write_table(df, args.json, args.csv)
+    return 0
+
+
+def write_table(df, json_path: str | None, csv_path: str | None) -> None:
+    if json_path:
+        atomic_write_text(json_path, df.to_json(orient="records", indent=2))
+    if csv_path:
+        atomic_write(csv_path, lambda tmp: df.to_csv(tmp, index=False))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    model: HookedModel = load(args.checkpoint)
+    print(f"{args.checkpoint}: {model.arch}, {model.num_params():,} parameters")
+    print(json.dumps(model.cfg.to_dict(), indent=2))
+    size = model.state_size()
+    if size is not None:
+        print(
+            f"recurrent state: {size.numbers:,} numbers = {size.bits:,} bits ({size.numbers_per_layer} per layer)"
+        )
+    print(f"{len(model.hook_names())} hook points, e.g. {', '.join(model.hook_names()[:4])}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from interp.demo import run_demo
+
+    t0 = time.perf_counter()
+    archs = args.archs.split(",") if args.archs else None
+    table, paths = run_demo(
+        args.out, archs=archs, steps=args.steps, device=args.device, progress=not args.quiet
+    )
+    print(table)
+    print(f"\nwrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "info": cmd_info}
+    try:
+        return handlers[args.command](args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"interp {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""Reading and writing model folders: interp checkpoints and Hugging Face GPT-NeoX/Pythia and Mamba.
+
+An interp checkpoint is a folder:
+
+    config.json          {"interp_version", "arch", "model": {...}, "task": {...}, "train": {...}}
+    model.safetensors    the weights (safetensors: loading never unpickles anything)
+    metrics.jsonl        one JSON line per evaluation during training
+    trainer_state.pt     optimizer + step, for `--resume` (read with torch.load(weights_only=True))
+
+Every file is written to a temporary name and renamed into place, so an interrupted save leaves the
+previous checkpoint intact, never a half-written one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from interp.models import HookedModel, model_class
+
+CONFIG = "config.json"
+WEIGHTS = "model.safetensors"
+INTERP_VERSION = "0.1.0"
+
+
+def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+    """Call `write(tmp_path)` and rename the result to `path`; on failure nothing is left behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def save_checkpoint(folder: str | Path, model: HookedModel, **sections: Any) -> Path:
+    """Write `model` to `folder` (config.json + model.safetensors); extra sections go into config.json.
+
+    `save_checkpoint("runs/copy", model, task=task_cfg.to_dict(), train=train_cfg.to_dict())`
+    """
+    folder = Path(folder)
+    config = {"interp_version": INTERP_VERSION, "arch": model.arch, "model": model.cfg.to_dict(), **sections}
+    # clone: safetensors refuses tensors that share memory (tied embeddings)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+    if getattr(model.cfg, "tie_embeddings", False):
+        state = {k: v for k, v in state.items() if k not in _tied_keys(model)}
+    atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, tmp))
+    atomic_write_text(folder / CONFIG, json.dumps(config, indent=2))
+    return folder
+
+
+def _tied_keys(model: nn.Module) -> set[str]:
+    """State-dict keys that alias an earlier parameter (tied unembedding)."""
+    seen, tied = {}, set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            tied.add(name)
+        seen.setdefault(id(tensor), name)
+    return tied
+
+
+def read_config(folder: str | Path) -> dict:
+    path = Path(folder) / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"no {CONFIG} in {folder}: not a model folder")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from e
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """`load_state_dict` with an error that names every missing, unexpected or misshapen key."""
+    expected = model.state_dict()
+    tied = _tied_keys(model)
+    missing = sorted(k for k in expected if k not in state and k not in tied)
+    unexpected = sorted(k for k in state if k not in expected)
+    shapes = [
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in state
+        if k in expected and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:10]}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}")
+        if shapes:
+            parts.append("shape mismatches: " + "; ".join(shapes[:10]))
+        raise ValueError(f"weights in {source} do not match the model: " + "; ".join(parts))
+    model.load_state_dict(state, strict=False)
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> HookedModel:
+    """An interp checkpoint folder -> model (its config in `model.cfg`, the rest in `model.checkpoint`)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    for key in ("arch", "model"):
+        if key not in config:
+            raise ValueError(f"{folder / CONFIG} has no {key!r} entry; not an interp checkpoint")
+    cls = model_class(config["arch"])
+    model = cls(cls.config_class.from_dict(config["model"]))
+    weights = folder / WEIGHTS
+    if not weights.is_file():
+        raise FileNotFoundError(f"no {WEIGHTS} in {folder}; the checkpoint is incomplete")
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types for truncated or garbage files
+        raise ValueError(f"cannot read {weights}: {e}; the checkpoint is corrupt") from e
+    load_state(model, state, str(weights))
+    model.checkpoint = {k: v for k, v in config.items() if k not in ("model",)}
+    return model.to(device).eval()
+
+
+# ---- Hugging Face GPT-NeoX / Pythia -----------------------------------------------------------------
+
+_NEOX_LAYER_KEYS = {
+    "input_layernorm": "ln1",
+    "post_attention_layernorm": "ln2",
+    "attention.query_key_value": "attn.qkv",
+    "attention.dense": "attn.out",
+    "mlp.dense_h_to_4h": "mlp.fc_in",
+    "mlp.dense_4h_to_h": "mlp.fc_out",
+}
+
+
+def transformer_config_from_gpt_neox(hf_config) -> Any:
+    """Our `TransformerConfig` for a Hugging Face `GPTNeoXConfig` (old and new rotary fields)."""
+    from interp.models.transformer import TransformerConfig
+
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    rotary_pct = rope.get("partial_rotary_factor", getattr(hf_config, "rotary_pct", 1.0))
+    rotary_base = rope.get("rope_theta", getattr(hf_config, "rotary_emb_base", 10000.0))
+    if not getattr(hf_config, "attention_bias", True):
+        raise ValueError("GPT-NeoX checkpoints without attention biases are not supported")
+    return TransformerConfig(
+        d_vocab=hf_config.vocab_size,
+        d_model=hf_config.hidden_size,
+        n_layers=hf_config.num_hidden_layers,
+        n_heads=hf_config.num_attention_heads,
+        d_mlp=hf_config.intermediate_size,
+        n_ctx=hf_config.max_position_embeddings,
+        positional="rope",
+        rotary_pct=rotary_pct,
+        rotary_base=float(rotary_base),
+        parallel_residual=hf_config.use_parallel_residual,
+        act_fn=hf_config.hidden_act,
+        layer_norm_eps=hf_config.layer_norm_eps,
+        tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
+    )
+
+
+def gpt_neox_state_to_interp(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a `GPTNeoXForCausalLM` state dict to ours (buffers such as rotary inv_freq are dropped)."""
+    out = {}
+    for key, value in state.items():
+        if key == "gpt_neox.embed_in.weight":
+            out["embed.weight"] = value
+        elif key in ("embed_out.weight", "lm_head.weight"):  # transformers 5 renamed embed_out
+            out["unembed.weight"] = value
+        elif key.startswith("gpt_neox.final_layer_norm."):
+            out["ln_final." + key.rsplit(".", 1)[1]] = value
+        elif key.startswith("gpt_neox.layers."):
+            _, _, layer, rest = key.split(".", 3)
+            module, param = rest.rsplit(".", 1)
+            if module in _NEOX_LAYER_KEYS:
+                out[f"blocks.{layer}.{_NEOX_LAYER_KEYS[module]}.{param}"] = value
+    return out
+
+
+def from_hf_gpt_neox(hf_model) -> HookedModel:
+    """A loaded Hugging Face `GPTNeoXForCausalLM` -> our `HookedTransformer` with the same weights."""
+    from interp.models.transformer import HookedTransformer
+
+    model = HookedTransformer(transformer_config_from_gpt_neox(hf_model.config))
+    load_state(model, gpt_neox_state_to_interp(hf_model.state_dict()), type(hf_model).__name__)
+    return model.eval()
+
+
+def load_hf_folder(folder: Path, device: str | torch.device = "cpu") -> HookedModel:
+    """A local Hugging Face folder (config.json with model_type gpt_neox or mamba) -> hooked model."""
+    config = read_config(folder)
+    model_type = config.get("model_type")
+    if model_type == "gpt_neox":
+        from transformers import GPTNeoXForCausalLM
+
+        return from_hf_gpt_neox(GPTNeoXForCausalLM.from_pretrained(folder)).to(device)
+    if model_type == "mamba" or "ssm_cfg" in config:
+        from interp.models.mamba import load_hf_mamba
+
+        return load_hf_mamba(folder).to(device).eval()
+    raise ValueError(
+        f"{folder} holds a Hugging Face model of type {model_type!r}; interp loads gpt_neox (Pythia) and mamba"
+    )
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> HookedModel:
+    """Load a model folder: an interp checkpoint, or a Hugging Face GPT-NeoX/Pythia or Mamba folder.
+
+    The model's config is `model.cfg`; for interp checkpoints the task and training settings it was
+    trained with are in `model.checkpoint`.
+    """
+    folder = Path(path)
+    if not folder.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist; pass a checkpoint folder written by `interp train` or a local Hugging "
+            f"Face model folder"
+        )
+    if not folder.is_dir():
+        raise ValueError(f"{path} is a file; a model is a folder with config.json and weights")
+    config = read_config(folder)
+    if "arch" in config:
+        return load_checkpoint(folder, device)
+    return load_hf_folder(folder, device)
