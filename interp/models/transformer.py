@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from interp.models.base import Hook, HookedModel
 
 POSITIONAL = ("rope", "nope", "alibi", "hard_alibi")
+ACTIVATIONS = {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}
 
 
 def alibi_slopes(n_heads: int) -> Tensor:
@@ -136,7 +137,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp)
         self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model)
-        self.act = {"gelu": F.gelu, "gelu_new": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu}[cfg.act_fn]
+        self.act = ACTIVATIONS[cfg.act_fn]
         self.hook_pre = Hook()  # [batch, pos, d_mlp]
         self.hook_post = Hook()  # [batch, pos, d_mlp]
 
@@ -192,11 +193,13 @@ class TransformerConfig:
 
     def __post_init__(self):
         if self.positional not in POSITIONAL:
-            raise ValueError(f"unknown positional variant {self.positional!r}; allowed: {', '.join(POSITIONAL)}")
+            raise ValueError(
+                f"unknown positional variant {self.positional!r}; allowed: {', '.join(POSITIONAL)}"
+            )
         if self.attn_impl not in ("auto", "eager"):
             raise ValueError(f"attn_impl={self.attn_impl!r} is not allowed; use 'auto' or 'eager'")
-        if self.act_fn not in ("gelu", "gelu_new", "relu"):
-            raise ValueError(f"act_fn={self.act_fn!r} is not allowed; use gelu, gelu_new or relu")
+        if self.act_fn not in ACTIVATIONS:
+            raise ValueError(f"act_fn={self.act_fn!r} is not allowed; use {', '.join(ACTIVATIONS)}")
         if self.d_head is None:
             if self.d_model % self.n_heads:
                 raise ValueError(f"d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
@@ -218,7 +221,9 @@ class TransformerConfig:
     def from_dict(cls, d: dict) -> TransformerConfig:
         known = {f.name for f in fields(cls)}
         if set(d) - known:
-            raise ValueError(f"unknown transformer options {sorted(set(d) - known)}; allowed: {sorted(known)}")
+            raise ValueError(
+                f"unknown transformer options {sorted(set(d) - known)}; allowed: {sorted(known)}"
+            )
         return cls(**d)
 
 
