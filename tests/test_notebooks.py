@@ -1,6 +1,5 @@
 """Execute every notebook with small settings (INTERP_NOTEBOOK_QUICK=1): they must run top to bottom."""
 
-import os
 from pathlib import Path
 
 import nbformat
