@@ -105,27 +105,36 @@ def assemble(segments: list[Segment], pad: int) -> tuple[Tensor, Tensor, Tensor]
     """Concatenate ragged segments per example.
 
     Returns tokens [B, P] (P = longest example), answer mask [B, P] (True on answer tokens) and
-    each example's total length [B].
+    each example's total length [B]. Each output position finds its segment by a batched
+    `searchsorted` over the segment ends, then reads its token with one `gather`: no masks, no
+    per-segment scatter, whatever the number of segments.
     """
+    b = segments[0][0].shape[0]
+    device = segments[0][0].device
     lens = torch.stack([seg[1] for seg in segments], dim=1)  # [B, S]
-    offsets = torch.cumsum(lens, dim=1) - lens  # where each segment starts, [B, S]
-    total = lens.sum(dim=1)
-    batch, width = lens.shape[0], int(total.max())
-    device = lens.device
-    tokens = torch.full((batch, width), pad, dtype=torch.long, device=device)
-    answer = torch.zeros((batch, width), dtype=torch.bool, device=device)
-    rows = torch.arange(batch, device=device)[:, None]
-    for s, (values, seg_lens, is_answer) in enumerate(segments):
-        j = torch.arange(values.shape[1], device=device)
-        valid = j < seg_lens[:, None]  # [B, W]
-        pos = offsets[:, s, None] + j
-        r, p = rows.expand_as(pos)[valid], pos[valid]
-        tokens[r, p] = values[valid]
-        if isinstance(is_answer, Tensor):
-            answer[r, p] = is_answer[valid]
-        elif is_answer:
-            answer[r, p] = True
+    ends = torch.cumsum(lens, dim=1)  # [B, S], exclusive end of each segment
+    total = ends[:, -1]
+    width = int(total.max())
+    pos = torch.arange(width, device=device).expand(b, width).contiguous()  # [B, P]
+    seg = torch.searchsorted(ends, pos, right=True).clamp_(max=len(segments) - 1)  # segment of each position
+    within = pos - (ends - lens).gather(1, seg)  # offset inside that segment
+    # All segments side by side in one [B, sum W] tensor; `base` is where each one starts there.
+    widths = torch.tensor([seg_[0].shape[1] for seg_ in segments], device=device)
+    base = torch.cumsum(widths, 0) - widths
+    values = torch.cat([seg_[0] for seg_ in segments], dim=1)
+    flags = torch.cat([_answer_flags(seg_, b) for seg_ in segments], dim=1)
+    inside = pos < total[:, None]
+    index = (base[seg] + within).masked_fill_(~inside, 0)  # padding reads slot 0, then is overwritten
+    tokens = values.gather(1, index).masked_fill_(~inside, pad)
+    answer = flags.gather(1, index) & inside
     return tokens, answer, total
+
+
+def _answer_flags(segment: Segment, batch: int) -> Tensor:
+    values, _, is_answer = segment
+    if isinstance(is_answer, Tensor):
+        return is_answer.expand(batch, -1)
+    return torch.full(values.shape, bool(is_answer), dtype=torch.bool, device=values.device)
 
 
 def score_mask_from_answer(answer: Tensor) -> Tensor:

@@ -165,17 +165,20 @@ def make_windows_unique(
             f"(only {n_letters**size} exist); use shorter strings, a larger ngram or more letters"
         )
     weights = n_letters ** torch.arange(size)
+    rows = torch.arange(s.shape[0])  # rows still to check: after the first round, only those just changed
     for _ in range(max_iter):
-        codes = (s.unfold(1, size, step) * weights).sum(-1)  # [B, n_windows]
-        invalid = torch.arange(codes.shape[1])[None, :] >= n_valid[:, None]
+        sub = s[rows]
+        codes = (sub.unfold(1, size, step) * weights).sum(-1)  # [rows, n_windows]
+        invalid = torch.arange(codes.shape[1])[None, :] >= n_valid[rows, None]
         codes = torch.where(invalid, -1 - torch.arange(codes.shape[1])[None, :], codes)  # never collide
         sorted_codes, order = codes.sort(dim=1, stable=True)
         later_copy = torch.zeros_like(invalid)
         later_copy.scatter_(1, order[:, 1:], sorted_codes[:, 1:] == sorted_codes[:, :-1])
-        if not later_copy.any():
+        hit_rows, win = later_copy.nonzero(as_tuple=True)
+        if len(hit_rows) == 0:
             return s
-        rows, win = later_copy.nonzero(as_tuple=True)
-        s[rows, pos[win] + size - 1] = torch.randint(0, n_letters, (len(rows),), generator=gen)
+        s[rows[hit_rows], pos[win] + size - 1] = torch.randint(0, n_letters, (len(hit_rows),), generator=gen)
+        rows = rows[later_copy.any(1)]
     raise RuntimeError(
         f"could not sample strings with unique {size}-grams in {max_iter} rounds; the strings are too "
         f"long for {n_letters} letters: use shorter strings or a larger ngram"
