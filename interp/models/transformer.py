@@ -79,12 +79,15 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class LayerNorm(nn.LayerNorm):
-    def __init__(self, d: int, eps: float):
-        super().__init__(d, eps=eps)
+    """LayerNorm with a hook; `enabled=False` (normalization="none") makes it a hooked identity."""
+
+    def __init__(self, d: int, eps: float, enabled: bool = True):
+        super().__init__(d, eps=eps, elementwise_affine=enabled)
+        self.enabled = enabled
         self.hook_normalized = Hook()  # [batch, pos, d_model]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.hook_normalized(super().forward(x))
+        return self.hook_normalized(super().forward(x) if self.enabled else x)
 
 
 class Attention(nn.Module):
@@ -149,9 +152,9 @@ class Block(nn.Module):
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.parallel = cfg.parallel_residual
-        self.ln1 = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.ln1 = LayerNorm(cfg.d_model, cfg.layer_norm_eps, cfg.normalization == "layernorm")
         self.attn = Attention(cfg)
-        self.ln2 = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.ln2 = LayerNorm(cfg.d_model, cfg.layer_norm_eps, cfg.normalization == "layernorm")
         self.mlp = MLP(cfg)
         self.hook_resid_pre = Hook()  # [batch, pos, d_model]
         self.hook_attn_out = Hook()  # [batch, pos, d_model]
@@ -187,6 +190,7 @@ class TransformerConfig:
     parallel_residual: bool = False  # GPT-NeoX/Pythia block layout
     act_fn: str = "gelu"  # gelu | gelu_new | relu
     layer_norm_eps: float = 1e-5
+    normalization: str = "layernorm"  # layernorm | none (hand-built circuits such as the hash-copy model)
     tie_embeddings: bool = False  # Pythia unties them
     attn_impl: str = "auto"  # auto: fused unless scores/pattern are hooked; eager: always materialise
     init_std: float = 0.02
@@ -198,6 +202,10 @@ class TransformerConfig:
             )
         if self.attn_impl not in ("auto", "eager"):
             raise ValueError(f"attn_impl={self.attn_impl!r} is not allowed; use 'auto' or 'eager'")
+        if self.normalization not in ("layernorm", "none"):
+            raise ValueError(
+                f"normalization={self.normalization!r} is not allowed; use 'layernorm' or 'none'"
+            )
         if self.act_fn not in ACTIVATIONS:
             raise ValueError(f"act_fn={self.act_fn!r} is not allowed; use {', '.join(ACTIVATIONS)}")
         if self.d_head is None:
@@ -244,7 +252,7 @@ class HookedTransformer(HookedModel):
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
         self.hook_embed = Hook()  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
-        self.ln_final = LayerNorm(cfg.d_model, cfg.layer_norm_eps)
+        self.ln_final = LayerNorm(cfg.d_model, cfg.layer_norm_eps, cfg.normalization == "layernorm")
         self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
         if cfg.tie_embeddings:
             self.unembed.weight = self.embed.weight
