@@ -128,8 +128,10 @@ def train(
         )
 
     model.to(device).train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "A_log" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "A_log" not in n)]
+    # No decay on biases, norms and parameters that opt out (Mamba's A_log and D, as in mamba-ssm).
+    decayed = lambda p: p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)
+    decay = [p for p in model.parameters() if decayed(p)]
+    no_decay = [p for p in model.parameters() if not decayed(p)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,

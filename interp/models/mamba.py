@@ -1,0 +1,629 @@
+"""Mamba-1 in plain PyTorch, weight-compatible with Hugging Face `MambaForCausalLM` and mamba-ssm.
+
+Forward: tokens [B, P] -> embedding -> n_layers x (x + Mixer(RMSNorm(x))) -> RMSNorm -> lm_head
+-> logits [B, P, d_vocab]. The mixer is Mamba-1's (Gu & Dao, 2023):
+
+    in_proj -> [x | z]                      x, z: [B, P, D_inner]
+    u = SiLU(causal depthwise conv1d(x))    [B, P, D_inner]
+    x_proj(u) -> [dt_low | B | C]           dt_low: [B, P, dt_rank], B, C: [B, P, N]
+    delta = dt_proj(dt_low)                 [B, P, D_inner], softplus inside the scan
+    y = selective_scan(u, delta, A, B, C, D) * SiLU(z)   (see interp/models/scan.py)
+    out_proj(y)                             [B, P, d_model]
+
+Hook names follow TransformerLens 4's `TransformerBridge` for Hugging Face Mamba wherever it hooks the
+same quantity, with the same layout, so caches move between the two (a test checks names and values
+against the bridge). Per layer `l`:
+
+    blocks.{l}.hook_resid_pre               [B, P, d_model]
+    blocks.{l}.norm.hook_scale              [B, P, 1]          RMS of the residual (+eps)
+    blocks.{l}.norm.hook_normalized         [B, P, d_model]    before the norm's weight
+    blocks.{l}.hook_mixer_in                [B, P, d_model]    after the norm's weight
+    blocks.{l}.mixer.hook_in_proj           [B, P, 2*D_inner]  [x | z]
+    blocks.{l}.mixer.hook_gate              [B, P, D_inner]    z, before SiLU         (not in the bridge)
+    blocks.{l}.mixer.hook_conv              [B, D_inner, P + d_conv - 1]  conv1d output before the
+                                            causal trim and SiLU, channel-first (the bridge's layout;
+                                            only its first P positions are used)
+    blocks.{l}.mixer.hook_ssm_in            [B, P, D_inner]    u = SiLU(conv)[:P], the scan input (not in the bridge)
+    blocks.{l}.mixer.hook_x_proj            [B, P, dt_rank + 2N]
+    blocks.{l}.mixer.hook_B, hook_C         [B, P, N]                                 (not in the bridge)
+    blocks.{l}.mixer.hook_ssm_dt            [B, P, D_inner]    dt_proj output incl. bias, before softplus
+    blocks.{l}.mixer.hook_ssm_write         [B, D_inner, P, N] softplus(delta) * u * B, what each step adds
+    blocks.{l}.mixer.hook_ssm_state         [B, D_inner, P, N] h_t after each position
+    blocks.{l}.mixer.hook_scan_out          [B, P, D_inner]    (y + D*u) * SiLU(z), before out_proj (not in the bridge)
+    blocks.{l}.mixer.hook_ssm_out           [B, P, d_model]    out_proj output (the bridge's name for it)
+    blocks.{l}.hook_mixer_out               [B, P, d_model]    the same value, block-level name
+    blocks.{l}.hook_resid_post              [B, P, d_model]
+    hook_embed, ln_final.hook_scale, ln_final.hook_normalized
+
+`hook_ssm_write` and `hook_ssm_state` hold `B * D_inner * P * N` numbers each; they are computed only
+when a hook function or a cache asks for them (otherwise the fast scan never materialises them).
+
+Patching semantics differ from the bridge on purpose. In the bridge, editing `hook_ssm_state` at
+position t changes only the readout y_t. Here the state hook sits *inside* the recurrence: whatever
+the hook function returns at position t is the state that position t reads out and that t + 1
+builds on, so patching h_t changes the outputs at t and every later position, and never earlier
+ones. Entries the hook leaves unchanged keep their computed (recurrent) value; in-place edits count
+too. Editing `hook_ssm_write` likewise re-runs the recurrence with the new write terms (as in the
+bridge).
+
+Parameter names: the module tree is named for the hooks (`blocks.{l}.mixer...`, `ln_final`, `embed`),
+because TransformerLens derives hook names from module paths. `state_dict()` and `load_state_dict()`
+translate to and from Hugging Face `MambaForCausalLM` names (`backbone.layers.{l}.mixer...`,
+`backbone.norm_f`, `backbone.embeddings`), so checkpoints are interchangeable with Hugging Face and
+mamba-ssm; see `HF_PREFIXES`. `named_parameters()` keeps the module-tree names.
+
+Recurrent mode: `init_cache(batch)` and `step(token, cache)` run one token at a time with O(1) memory
+(conv window + SSM state per layer); `generate_greedy` uses them. Hooks do not fire in step mode.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from interp.models.base import Hook, HookedModel, StateSize
+from interp.models.scan import IMPLS, selective_scan
+
+# module-tree prefix -> Hugging Face MambaForCausalLM prefix (state_dict keys)
+HF_PREFIXES = (
+    ("embed.", "backbone.embeddings."),
+    ("blocks.", "backbone.layers."),
+    ("ln_final.", "backbone.norm_f."),
+    ("lm_head.", "lm_head."),
+)
+MAMBA_SSM_ALIASES = {"backbone.embedding.weight": "backbone.embeddings.weight"}  # mamba-ssm -> HF
+
+
+def to_hf_name(name: str) -> str:
+    """Module-tree parameter name -> Hugging Face name (`blocks.0.norm.weight` -> `backbone.layers.0.norm.weight`)."""
+    for ours, hf in HF_PREFIXES:
+        if name.startswith(ours):
+            return hf + name[len(ours) :]
+    return name
+
+
+def from_hf_name(name: str) -> str:
+    """Hugging Face (or mamba-ssm) parameter name -> module-tree name."""
+    name = MAMBA_SSM_ALIASES.get(name, name)
+    for ours, hf in HF_PREFIXES:
+        if name.startswith(hf):
+            return ours + name[len(hf) :]
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class MambaConfig:
+    d_vocab: int = 30  # tokens; 26 letters + 4 symbols for the paper's tasks
+    d_model: int = 256
+    n_layers: int = 2
+    d_state: int = 16  # N: state size per channel; the SSM state is d_inner * d_state numbers per layer
+    d_conv: int = 4  # causal depthwise convolution width
+    expand: int = 2  # d_inner = expand * d_model
+    dt_rank: int | str = "auto"  # "auto" -> ceil(d_model / 16)
+    conv_bias: bool = True
+    bias: bool = False  # bias in in_proj and out_proj
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    n_ctx: int | None = None  # no positional limit; set to guard against overlong inputs
+    scan: str = "auto"  # "auto" | "reference" | "chunked" | "cuda" (interp.models.scan)
+    chunk_size: int | None = None  # chunked scan: positions per chunk; None picks from the sizes
+    # initialisation from scratch, as mamba-ssm does it
+    dt_min: float = 0.001
+    dt_max: float = 0.1
+    dt_init_floor: float = 1e-4
+    dt_scale: float = 1.0
+    init_std: float = 0.02  # embedding
+    rescale_prenorm_residual: bool = True  # out_proj weights / sqrt(n_layers)
+
+    def __post_init__(self):
+        for name in ("d_vocab", "d_model", "n_layers", "d_state", "d_conv", "expand"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.dt_rank != "auto" and (not isinstance(self.dt_rank, int) or self.dt_rank < 1):
+            raise ValueError(f"dt_rank must be 'auto' or a positive integer, got {self.dt_rank!r}")
+        if self.scan not in IMPLS:
+            raise ValueError(f"unknown scan {self.scan!r}; allowed: {', '.join(IMPLS)}")
+        if self.chunk_size is not None and (not isinstance(self.chunk_size, int) or self.chunk_size < 1):
+            raise ValueError(f"chunk_size must be None or a positive integer, got {self.chunk_size!r}")
+        if self.n_ctx is not None and self.n_ctx < 1:
+            raise ValueError(f"n_ctx must be None or positive, got {self.n_ctx}")
+        if not 0 < self.dt_min <= self.dt_max:
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={self.dt_min}, dt_max={self.dt_max}")
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.d_model
+
+    @property
+    def rank(self) -> int:
+        """dt_rank with "auto" resolved."""
+        return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MambaConfig:
+        known = {f.name for f in fields(cls)}
+        if set(d) - known:
+            raise ValueError(f"unknown Mamba options {sorted(set(d) - known)}; allowed: {sorted(known)}")
+        return cls(**d)
+
+
+@dataclass
+class MambaCache:
+    """Recurrent state for `HookedMamba.step`: everything the model remembers about the past.
+
+    conv: [n_layers, B, D_inner, d_conv - 1], the last d_conv - 1 inputs of each layer's convolution.
+    ssm:  [n_layers, B, D_inner, d_state], the SSM state h after the last token.
+    n_tokens: tokens consumed so far (checked against n_ctx).
+    """
+
+    conv: Tensor
+    ssm: Tensor
+    n_tokens: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules
+# ---------------------------------------------------------------------------------------------
+class RMSNorm(nn.Module):
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(d))
+        self.eps = eps
+        self.hook_scale = Hook()  # [batch, pos, 1]
+        self.hook_normalized = Hook()  # [batch, pos, d_model], before the weight
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        scale = self.hook_scale((xf.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
+        return self.weight * self.hook_normalized((xf / scale).to(x.dtype))
+
+
+class MambaMixer(nn.Module):
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.cfg = cfg
+        d, di, n, r, k = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.rank, cfg.d_conv
+        self.in_proj = nn.Linear(d, 2 * di, bias=cfg.bias)
+        self.conv1d = nn.Conv1d(di, di, kernel_size=k, groups=di, padding=k - 1, bias=cfg.conv_bias)
+        self.x_proj = nn.Linear(di, r + 2 * n, bias=False)
+        self.dt_proj = nn.Linear(r, di, bias=True)
+        A = torch.arange(1, n + 1, dtype=torch.float32).repeat(di, 1)  # S4D-real: A[d, n] = -(n + 1)
+        self.A_log = nn.Parameter(torch.log(A))  # [Di, N]
+        self.D = nn.Parameter(torch.ones(di))
+        self.out_proj = nn.Linear(di, d, bias=cfg.bias)
+        self.A_log._no_weight_decay = True  # mamba-ssm's marker for parameters to keep out of weight decay
+        self.D._no_weight_decay = True
+
+        self.hook_in_proj = Hook()  # [batch, pos, 2 * d_inner]
+        self.hook_gate = Hook()  # [batch, pos, d_inner], z before SiLU
+        self.hook_conv = Hook()  # [batch, d_inner, pos + d_conv - 1], before trim and SiLU
+        self.hook_ssm_in = Hook()  # [batch, pos, d_inner], u = SiLU(conv)
+        self.hook_x_proj = Hook()  # [batch, pos, dt_rank + 2 * d_state]
+        self.hook_B = Hook()  # [batch, pos, d_state]
+        self.hook_C = Hook()  # [batch, pos, d_state]
+        self.hook_ssm_dt = Hook()  # [batch, pos, d_inner], before softplus
+        self.hook_ssm_write = Hook()  # [batch, d_inner, pos, d_state]
+        self.hook_ssm_state = Hook()  # [batch, d_inner, pos, d_state]
+        self.hook_scan_out = Hook()  # [batch, pos, d_inner]
+        self.hook_ssm_out = Hook()  # [batch, pos, d_model]
+        for hook in (self.hook_conv, self.hook_ssm_write, self.hook_ssm_state):
+            hook.pos_dim = 2  # position is axis 2 in these layouts (TransformerLens reads pos_dim)
+
+    def forward(self, x: Tensor, cache_out: list | None = None) -> Tensor:
+        """x: [B, P, d_model] (normalised) -> [B, P, d_model]. Appends (conv, ssm) state to cache_out."""
+        p = x.shape[1]
+        n, r = self.cfg.d_state, self.cfg.rank
+        xz = self.hook_in_proj(self.in_proj(x))  # [B, P, 2 * Di]
+        xs, z = xz.chunk(2, dim=-1)  # [B, P, Di] each
+        z = self.hook_gate(z)
+        conv = self.hook_conv(self.conv1d(xs.transpose(1, 2)))  # [B, Di, P + K - 1]
+        u = self.hook_ssm_in(F.silu(conv[..., :p]).transpose(1, 2))  # [B, P, Di]
+        x_dbl = self.hook_x_proj(self.x_proj(u))  # [B, P, R + 2N]
+        dt_low, Bm, Cm = x_dbl.split([r, n, n], dim=-1)
+        Bm, Cm = self.hook_B(Bm), self.hook_C(Cm)  # [B, P, N]
+        delta = self.hook_ssm_dt(self.dt_proj(dt_low))  # [B, P, Di]
+        A = -torch.exp(self.A_log.float())  # [Di, N]
+
+        # mamba-ssm layout: channels before positions
+        scan_in = dict(
+            u=u.transpose(1, 2),  # [B, Di, P]
+            delta=delta.transpose(1, 2),  # [B, Di, P]
+            A=A,
+            B=Bm.transpose(1, 2),  # [B, N, P]
+            C=Cm.transpose(1, 2),  # [B, N, P]
+            D=self.D.float(),
+            z=z.transpose(1, 2),  # [B, Di, P]
+            delta_softplus=True,
+            impl=self.cfg.scan,
+            chunk_size=self.cfg.chunk_size,
+        )
+        if self.hook_ssm_write.active:
+            dt = F.softplus(delta.float()).transpose(1, 2)  # [B, Di, P]
+            dtu = dt * u.float().transpose(1, 2)  # [B, Di, P]
+            write = dtu[..., None] * Bm.float()[:, None]  # [B, Di, P, N]
+            scan_in["write"] = self.hook_ssm_write(write)
+        want_states = self.hook_ssm_state.active
+        if want_states:
+            y, states = selective_scan(**scan_in, return_states=True)
+            y, states = self._run_state_hook(scan_in, y, states)
+            last = states[:, :, -1] if p else None
+        elif cache_out is not None:
+            y, last = selective_scan(**scan_in, return_last_state=True)
+        else:
+            y = selective_scan(**scan_in)
+        if cache_out is not None:
+            k = self.cfg.d_conv
+            window = F.pad(xs.transpose(1, 2), (k - 1, 0))[..., p:]  # last K - 1 conv inputs, [B, Di, K - 1]
+            cache_out.append((window, last if last is not None else A.new_zeros(y.shape[0], *A.shape)))
+        y = self.hook_scan_out(y.transpose(1, 2))  # [B, P, Di]
+        return self.hook_ssm_out(self.out_proj(y))
+
+    def _run_state_hook(self, scan_in: dict, y: Tensor, states: Tensor) -> tuple[Tensor, Tensor]:
+        """Run `hook_ssm_state`; if it changed the states, re-run the scan with the changes inside."""
+        version = states._version
+        new = self.hook_ssm_state(states)
+        if new is states and states._version == version:
+            return y, states
+        if new is states:  # edited in place: recompute the unedited states to see what changed
+            with torch.no_grad():
+                original = selective_scan(**scan_in, return_states=True)[1]
+        else:
+            original = states
+        edit = torch.where(new != original, new, torch.full_like(new, float("nan")))  # NaN = keep
+        return selective_scan(**scan_in, return_states=True, state_edit=edit)
+
+
+class MambaBlock(nn.Module):
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.mixer = MambaMixer(cfg)
+        self.hook_resid_pre = Hook()  # [batch, pos, d_model]
+        self.hook_mixer_in = Hook()  # [batch, pos, d_model]
+        self.hook_mixer_out = Hook()  # [batch, pos, d_model]
+        self.hook_resid_post = Hook()  # [batch, pos, d_model]
+
+    def forward(self, x: Tensor, cache_out: list | None = None) -> Tensor:
+        x = self.hook_resid_pre(x)
+        out = self.hook_mixer_out(self.mixer(self.hook_mixer_in(self.norm(x)), cache_out))
+        return self.hook_resid_post(x + out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+class HookedMamba(HookedModel):
+    """Mamba-1 language model with TransformerLens hooks; see the module docstring for hook names,
+    the state-patching semantics and the Hugging Face parameter names."""
+
+    arch: ClassVar[str] = "mamba"
+    config_class: ClassVar[type] = MambaConfig
+
+    def __init__(self, cfg: MambaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
+        self.hook_embed = Hook()  # [batch, pos, d_model]
+        self.blocks = nn.ModuleList([MambaBlock(cfg) for _ in range(cfg.n_layers)])
+        self.ln_final = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
+        self._init_weights()
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self._register_state_dict_hook(_state_dict_to_hf_names)
+        self.setup()
+
+    @torch.no_grad()
+    def _init_weights(self) -> None:
+        """mamba-ssm's initialisation (MambaLMHeadModel with its defaults)."""
+        cfg = self.cfg
+        nn.init.normal_(self.embed.weight, std=cfg.init_std)
+        for block in self.blocks:
+            mixer = block.mixer
+            for linear in (mixer.in_proj, mixer.out_proj):
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
+            dt_std = cfg.rank**-0.5 * cfg.dt_scale
+            nn.init.uniform_(mixer.dt_proj.weight, -dt_std, dt_std)
+            # dt = softplus(bias) log-uniform in [dt_min, dt_max]; bias = softplus^-1(dt)
+            lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
+            dt = torch.exp(torch.rand(cfg.d_inner) * (hi - lo) + lo).clamp(min=cfg.dt_init_floor)
+            mixer.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+            nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
+            if cfg.rescale_prenorm_residual:
+                mixer.out_proj.weight /= math.sqrt(cfg.n_layers)
+
+    # ---- full-sequence forward ------------------------------------------------------------------
+    def forward(self, tokens: Tensor, return_cache: bool = False) -> Tensor | tuple[Tensor, MambaCache]:
+        """tokens [B, P] -> logits [B, P, d_vocab] (and, with return_cache, the state after the last token)."""
+        self.check_tokens(tokens)
+        x = self.hook_embed(self.embed(tokens))  # [B, P, d_model]
+        layer_states: list | None = [] if return_cache else None
+        for block in self.blocks:
+            x = block(x, layer_states)
+        logits = self.lm_head(self.ln_final(x).to(self.lm_head.weight.dtype)).float()
+        if not return_cache:
+            return logits
+        conv = torch.stack([c for c, _ in layer_states])
+        ssm = torch.stack([s.float() for _, s in layer_states])
+        return logits, MambaCache(conv=conv, ssm=ssm, n_tokens=tokens.shape[1])
+
+    # ---- recurrent mode -------------------------------------------------------------------------
+    def init_cache(self, batch: int) -> MambaCache:
+        """The state before any token: zeros, conv [n_layers, B, D_inner, d_conv - 1], ssm [n_layers, B, D_inner, N]."""
+        cfg, p = self.cfg, next(self.parameters())
+        conv = torch.zeros(cfg.n_layers, batch, cfg.d_inner, cfg.d_conv - 1, dtype=p.dtype, device=p.device)
+        ssm = torch.zeros(cfg.n_layers, batch, cfg.d_inner, cfg.d_state, dtype=torch.float32, device=p.device)
+        return MambaCache(conv=conv, ssm=ssm)
+
+    def step(self, token: Tensor, cache: MambaCache) -> tuple[Tensor, MambaCache]:
+        """One token per sequence: token [B] -> logits [B, d_vocab] and the new cache (the old one is kept).
+
+        Same arithmetic as `forward` at one position, with O(1) memory per token. Hooks do not fire.
+        """
+        if not isinstance(token, Tensor) or token.ndim != 1:
+            shape = tuple(token.shape) if isinstance(token, Tensor) else type(token).__name__
+            raise ValueError(f"step takes one token per sequence, an integer tensor [batch]; got {shape}")
+        if cache.ssm.shape[1] != token.shape[0]:
+            raise ValueError(
+                f"cache holds {cache.ssm.shape[1]} sequences but {token.shape[0]} tokens were given"
+            )
+        if self.cfg.n_ctx is not None and cache.n_tokens >= self.cfg.n_ctx:
+            raise ValueError(
+                f"the cache already holds n_ctx={self.cfg.n_ctx} tokens; the model's context is full"
+            )
+        self.check_tokens(token[:, None])
+        n, r = self.cfg.d_state, self.cfg.rank
+        x = self.embed(token)  # [B, d_model]
+        convs, ssms = [], []
+        for layer, block in enumerate(self.blocks):
+            mixer = block.mixer
+            xs, z = mixer.in_proj(block.norm(x)).chunk(2, dim=-1)  # [B, Di] each
+            window = torch.cat([cache.conv[layer], xs[..., None]], dim=-1)  # [B, Di, K]
+            conv = (window * mixer.conv1d.weight[:, 0]).sum(-1)  # depthwise conv at the newest position
+            if mixer.conv1d.bias is not None:
+                conv = conv + mixer.conv1d.bias
+            u = F.silu(conv)  # [B, Di]
+            dt_low, Bm, Cm = mixer.x_proj(u).split([r, n, n], dim=-1)  # [B, R], [B, N], [B, N]
+            dt = F.softplus(mixer.dt_proj(dt_low).float())  # [B, Di]
+            A = -torch.exp(mixer.A_log.float())  # [Di, N]
+            write = (dt * u.float())[..., None] * Bm.float()[:, None]  # [B, Di, N]
+            h = torch.exp(dt[..., None] * A) * cache.ssm[layer] + write
+            y = (h * Cm.float()[:, None]).sum(-1) + mixer.D.float() * u.float()  # [B, Di]
+            y = (y * F.silu(z.float())).to(x.dtype)
+            x = x + mixer.out_proj(y)
+            convs.append(window[..., 1:])
+            ssms.append(h)
+        logits = self.lm_head(self.ln_final(x)).float()
+        return logits, MambaCache(conv=torch.stack(convs), ssm=torch.stack(ssms), n_tokens=cache.n_tokens + 1)
+
+    @torch.no_grad()
+    def generate_greedy(self, prompt: Tensor, n_new: int) -> Tensor:
+        """prompt [B, P] -> [B, P + n_new]: the prompt read in one forward pass, then argmax tokens one step at a time."""
+        if n_new < 0:
+            raise ValueError(f"n_new must be >= 0, got {n_new}")
+        if prompt.ndim != 2 or prompt.shape[1] < 1:
+            raise ValueError(
+                f"prompt must be [batch, pos] with at least one token, got {tuple(prompt.shape)}"
+            )
+        if self.cfg.n_ctx is not None and prompt.shape[1] + n_new > self.cfg.n_ctx:
+            raise ValueError(
+                f"prompt of {prompt.shape[1]} tokens + {n_new} new ones exceeds the model's n_ctx={self.cfg.n_ctx}"
+            )
+        logits, cache = self(prompt, return_cache=True)
+        out = [prompt]
+        nxt = logits[:, -1].argmax(-1)
+        for i in range(n_new):
+            out.append(nxt[:, None])
+            if i + 1 < n_new:
+                step_logits, cache = self.step(nxt, cache)
+                nxt = step_logits.argmax(-1)
+        return torch.cat(out, dim=1)
+
+    # ---- memory and checkpoints --------------------------------------------------------------
+    def state_size(self) -> StateSize:
+        cfg = self.cfg
+        per_layer = cfg.d_inner * cfg.d_state + cfg.d_inner * (cfg.d_conv - 1)  # SSM state + conv cache
+        return StateSize(tuple(per_layer for _ in range(cfg.n_layers)))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Load Hugging Face `MambaForCausalLM` (or mamba-ssm `MambaLMHeadModel`) names.
+
+        Raises ValueError naming every missing, unexpected or wrongly shaped key. A tied checkpoint
+        may omit `lm_head.weight`.
+        """
+        sd = {MAMBA_SSM_ALIASES.get(k, k): v for k, v in state_dict.items()}
+        expected = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        if self.cfg.tie_embeddings and "backbone.embeddings.weight" in sd:
+            emb = sd["backbone.embeddings.weight"]
+            head = sd.setdefault("lm_head.weight", emb)
+            if head is not emb and head.shape == emb.shape and not torch.equal(head, emb):
+                raise ValueError(
+                    "checkpoint has different lm_head.weight and backbone.embeddings.weight, but this model "
+                    "ties them (tie_embeddings=True); build it with tie_embeddings=False"
+                )
+        problems = []
+        shapes = [
+            f"{k} is {tuple(sd[k].shape)} in the checkpoint but {shape} in the model"
+            for k, shape in expected.items()
+            if k in sd and tuple(sd[k].shape) != shape
+        ]
+        if shapes:
+            problems.append("wrong shapes: " + "; ".join(shapes))
+        missing = [k for k in expected if k not in sd]
+        unexpected = [k for k in sd if k not in expected]
+        if strict and missing:
+            problems.append(f"missing keys: {', '.join(missing)}")
+        if strict and unexpected:
+            problems.append(f"unexpected keys: {', '.join(unexpected)}")
+        if problems:
+            cfg = self.cfg
+            raise ValueError(
+                f"checkpoint does not fit HookedMamba(d_vocab={cfg.d_vocab}, d_model={cfg.d_model}, "
+                f"n_layers={cfg.n_layers}, d_state={cfg.d_state}, d_conv={cfg.d_conv}, expand={cfg.expand}): "
+                + "; ".join(problems)
+                + " (keys use Hugging Face MambaForCausalLM names, e.g. backbone.layers.0.mixer.in_proj.weight)"
+            )
+        internal = {from_hf_name(k): v for k, v in sd.items() if k in expected}
+        super().load_state_dict(internal, strict=False, assign=assign)
+        if self.cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight  # `assign=True` would otherwise untie them
+        return nn.modules.module._IncompatibleKeys(missing, unexpected)
+
+
+def _state_dict_to_hf_names(module: nn.Module, state_dict: dict, prefix: str, local_metadata: Any) -> None:
+    """state_dict hook: rename this model's keys to Hugging Face names, in place and in order."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        state_dict[prefix + to_hf_name(key[len(prefix) :])] = state_dict.pop(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading Hugging Face and mamba-ssm checkpoints
+# ---------------------------------------------------------------------------------------------
+RUNTIME_OPTIONS = ("scan", "chunk_size", "n_ctx")  # may be overridden when loading
+
+
+def mamba_config_from_dict(d: dict, **overrides) -> MambaConfig:
+    """A Hugging Face `MambaConfig` dict (config.json) or a mamba-ssm `MambaConfig` dict -> MambaConfig."""
+    bad = set(overrides) - set(RUNTIME_OPTIONS)
+    if bad:
+        raise ValueError(f"cannot override {sorted(bad)} when loading; allowed: {', '.join(RUNTIME_OPTIONS)}")
+    if "hidden_size" in d:  # Hugging Face
+        model_type = d.get("model_type", "mamba")
+        if model_type != "mamba":
+            raise ValueError(f"config is for model_type={model_type!r}; only Mamba-1 ('mamba') is supported")
+        if d.get("hidden_act", "silu") != "silu":
+            raise ValueError(f"hidden_act={d['hidden_act']!r} is not supported; Mamba uses 'silu'")
+        options = dict(
+            d_vocab=d["vocab_size"],
+            d_model=d["hidden_size"],
+            n_layers=d["num_hidden_layers"],
+            d_state=d.get("state_size", 16),
+            d_conv=d.get("conv_kernel", 4),
+            expand=d.get("expand", 2),
+            dt_rank=d.get("time_step_rank", "auto"),
+            conv_bias=d.get("use_conv_bias", True),
+            bias=d.get("use_bias", False),
+            rms_norm_eps=d.get("layer_norm_epsilon", 1e-5),
+            tie_embeddings=d.get("tie_word_embeddings", True),
+            dt_min=d.get("time_step_min", 0.001),
+            dt_max=d.get("time_step_max", 0.1),
+            dt_init_floor=d.get("time_step_floor", 1e-4),
+            dt_scale=d.get("time_step_scale", 1.0),
+        )
+        if d.get("intermediate_size") not in (None, options["expand"] * options["d_model"]):
+            raise ValueError(
+                f"intermediate_size={d['intermediate_size']} is not expand * hidden_size = "
+                f"{options['expand'] * options['d_model']}; such checkpoints are not supported"
+            )
+    elif "d_model" in d and "n_layer" in d:  # mamba-ssm MambaLMHeadModel
+        ssm = dict(d.get("ssm_cfg") or {})
+        if ssm.get("layer", "Mamba1") != "Mamba1":
+            raise ValueError(f"ssm_cfg.layer={ssm['layer']!r} is not supported; only Mamba1")
+        if not d.get("rms_norm", True):
+            raise ValueError(
+                "rms_norm=False (LayerNorm blocks) is not supported; Mamba checkpoints use RMSNorm"
+            )
+        if d.get("d_intermediate", 0) or d.get("attn_layer_idx"):
+            raise ValueError(
+                "hybrid mamba-ssm models (d_intermediate MLPs or attention layers) are not supported"
+            )
+        vocab, multiple = d["vocab_size"], d.get("pad_vocab_size_multiple", 8)
+        if vocab % multiple:
+            vocab += multiple - vocab % multiple  # mamba-ssm pads the embedding this way
+        options = dict(
+            d_vocab=vocab,
+            d_model=d["d_model"],
+            n_layers=d["n_layer"],
+            d_state=ssm.get("d_state", 16),
+            d_conv=ssm.get("d_conv", 4),
+            expand=ssm.get("expand", 2),
+            dt_rank=ssm.get("dt_rank", "auto"),
+            conv_bias=ssm.get("conv_bias", True),
+            bias=ssm.get("bias", False),
+            rms_norm_eps=d.get("norm_epsilon", 1e-5),
+            tie_embeddings=d.get("tie_embeddings", True),
+            dt_min=ssm.get("dt_min", 0.001),
+            dt_max=ssm.get("dt_max", 0.1),
+            dt_init_floor=ssm.get("dt_init_floor", 1e-4),
+            dt_scale=ssm.get("dt_scale", 1.0),
+        )
+    else:
+        raise ValueError(
+            "not a Mamba config: expected Hugging Face keys (hidden_size, num_hidden_layers, vocab_size, ...) "
+            f"or mamba-ssm keys (d_model, n_layer, vocab_size, ssm_cfg, ...); got keys {sorted(d)}"
+        )
+    return MambaConfig(**options, **overrides)
+
+
+def _read_weights(folder: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    single = folder / "model.safetensors"
+    index = folder / "model.safetensors.index.json"
+    if single.exists():
+        return load_file(single)
+    if index.exists():
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return {k: v for shard in shards for k, v in load_file(folder / shard).items()}
+    if (folder / "pytorch_model.bin").exists():  # mamba-ssm's save_pretrained
+        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    raise FileNotFoundError(
+        f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json (+ shards) "
+        "or pytorch_model.bin"
+    )
+
+
+def load_hf_mamba(source: Any, config: dict | None = None, **overrides) -> HookedMamba:
+    """A HookedMamba holding the weights of a Hugging Face or mamba-ssm Mamba-1 model.
+
+    source: a folder with config.json and weights (Hugging Face `save_pretrained`, or mamba-ssm's
+    `save_pretrained`: config.json + pytorch_model.bin), a `transformers.MambaForCausalLM`, a
+    mamba-ssm `MambaLMHeadModel`, or a state dict (then `config` must be given, in either format).
+    overrides: scan, chunk_size, n_ctx. The model comes back in eval mode.
+    """
+    if isinstance(source, (str, Path)):
+        folder = Path(source)
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(
+                f"{folder} has no config.json; expected a saved Hugging Face or mamba-ssm model"
+            )
+        config = json.loads((folder / "config.json").read_text()) if config is None else config
+        state_dict = _read_weights(folder)
+    elif isinstance(source, nn.Module):
+        model_cfg = getattr(source, "config", None)
+        if config is None:
+            if hasattr(model_cfg, "to_dict"):
+                config = model_cfg.to_dict()
+            elif model_cfg is not None and hasattr(model_cfg, "__dataclass_fields__"):
+                config = asdict(model_cfg)
+            else:
+                raise ValueError(f"{type(source).__name__} has no usable .config; pass config=")
+        state_dict = source.state_dict()
+    elif isinstance(source, dict):
+        if config is None:
+            raise ValueError(
+                "loading from a state dict needs config= (a Hugging Face or mamba-ssm config dict)"
+            )
+        state_dict = source
+    else:
+        raise TypeError(
+            f"cannot load a Mamba from {type(source).__name__}; pass a folder, a model or a state dict"
+        )
+    model = HookedMamba(mamba_config_from_dict(config, **overrides))
+    model.load_state_dict(state_dict)
+    return model.eval()
