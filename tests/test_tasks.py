@@ -132,3 +132,8 @@ def test_every_task_scores_something_and_fits_its_declared_length(gen):
 def test_string_longer_than_context_is_rejected(gen):
     with pytest.raises(ValueError, match="more than the model.s context of 64"):
         make_batch(TaskConfig(task="copy", max_len=100), 2, gen, max_tokens=64)
+
+
+def test_unique_ngrams_with_strings_shorter_than_the_ngram(gen):
+    b = make_batch(TaskConfig(task="copy", min_len=1, max_len=2, unique_ngrams=True, ngram=3), 8, gen)
+    assert b.lengths.max() <= 2 and b.score_mask.any(1).all()

@@ -144,3 +144,8 @@ def test_evaluate_rejects_vocabulary_mismatch():
     model = tiny()
     with pytest.raises(ValueError, match="vocabulary mismatch"):
         evaluate(model, TaskConfig(task="copy", n_letters=20), lengths=[4])
+
+
+def test_checkpoint_files_are_readable_by_others(tmp_path):
+    save_checkpoint(tmp_path, tiny())
+    assert (tmp_path / "model.safetensors").stat().st_mode & 0o044 == 0o044

@@ -158,6 +158,8 @@ def make_windows_unique(
     number of windows is well below n_letters ** size.
     """
     s = s.clone()
+    if s.shape[1] < size:  # no complete window anywhere: nothing can repeat
+        return s
     pos = torch.arange(0, s.shape[1] - size + 1, step)
     if int(n_valid.max()) > n_letters**size:
         raise ValueError(
