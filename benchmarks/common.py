@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -187,3 +188,18 @@ def fmt_mib(x: float | None) -> str:
 
 if __name__ == "__main__":  # a memory probe: python -m benchmarks.common MODULE FUNCTION SPEC_JSON THREADS
     _probe_main(*sys.argv[1:])
+
+
+@dataclass(frozen=True)
+class Size:
+    """A transformer size and workload for the benchmarks (batch x length tokens per step)."""
+
+    d_model: int
+    n_layers: int
+    n_heads: int
+    length: int
+    batch: int = 16
+
+    @property
+    def label(self) -> str:
+        return f"d{self.d_model} L{self.n_layers} H{self.n_heads}"

@@ -20,30 +20,17 @@ RSS high-water mark during one forward above the RSS before it).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 
 from benchmarks import common
+from benchmarks.common import Size
 from interp.models.base import Hook
 from interp.models.transformer import HookedTransformer, TransformerConfig
 
 MODULE = "benchmarks.hook_overhead"  # where the memory probes import `memory_probe` from
 TARGET_OVERHEAD = 0.05
 ONE_HOOK = "blocks.0.hook_resid_post"
-
-
-@dataclass(frozen=True)
-class Size:
-    d_model: int
-    n_layers: int
-    n_heads: int
-    length: int
-    batch: int = 16
-
-    @property
-    def label(self) -> str:
-        return f"d{self.d_model} L{self.n_layers} H{self.n_heads}"
 
 
 def sizes(quick: bool) -> list[Size]:

@@ -23,31 +23,17 @@ activations + gradients + optimizer state + allocator overhead. Target: ours / H
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from benchmarks import common
+from benchmarks.common import Size
 from interp.models.transformer import HookedTransformer, TransformerConfig
 
 MODULE = "benchmarks.transformer_training"  # where the memory probes import `memory_probe` from
 VOCAB = 30
 TARGET_RATIO = 1.0
-
-
-@dataclass(frozen=True)
-class Size:
-    d_model: int
-    n_layers: int
-    n_heads: int
-    length: int
-    batch: int = 16
-
-    @property
-    def label(self) -> str:
-        return f"d{self.d_model} L{self.n_layers} H{self.n_heads}"
 
 
 def sizes(quick: bool) -> list[Size]:

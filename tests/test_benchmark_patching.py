@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import json
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.mark.slow
-def test_patching_benchmark_quick():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.patching", "--quick", "--threads", "1"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+def test_patching_benchmark_quick(run_python):
+    proc = run_python("-m", "benchmarks.patching", "--quick", "--threads", "1")
     assert proc.returncode == 0, proc.stderr
     assert "\n|--" in proc.stdout, proc.stdout  # the results table
     ratio_lines = [line for line in proc.stdout.splitlines() if line.startswith("ratio ")]
@@ -31,28 +18,11 @@ def test_patching_benchmark_quick():
 
 
 @pytest.mark.slow
-def test_find_copy_circuit_probe_on_the_construction(tmp_path):
+def test_find_copy_circuit_probe_on_the_construction(tmp_path, run_python):
     """The probe script end to end on the hash-copy model: files, and the planted circuit."""
-    import json
-
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "circuit"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "probes/find_copy_circuit.py",
-            "hash-copy",
-            "--quick",
-            "--out",
-            str(out),
-            "--threads",
-            "1",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    proc = run_python(
+        "probes/find_copy_circuit.py", "hash-copy", "--quick", "--out", str(out), "--threads", "1"
     )
     assert proc.returncode == 0, proc.stderr
     names = {p.name for p in out.iterdir()}
@@ -74,11 +44,5 @@ def test_find_copy_circuit_probe_on_the_construction(tmp_path):
     }
     edges = {(e["sender"], e["receiver"], e["input"]) for e in summary["circuit_edges"]}
     assert ("L1H4", "logits", "direct") in edges and all(r in ("L1H4", "logits") for _, r, _ in edges)
-    help_text = subprocess.run(
-        [sys.executable, "probes/find_copy_circuit.py", "--help"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    help_text = run_python("probes/find_copy_circuit.py", "--help")
     assert help_text.returncode == 0 and "hash-copy" in help_text.stdout
