@@ -75,13 +75,16 @@ def plot_probe_heatmap(
     return fig
 
 
-def plot_state_saturation(summary: pd.DataFrame, y: str = "info_bits", title: str | None = None) -> Figure:
+def plot_state_saturation(
+    summary: pd.DataFrame, y: str = "info_bits", title: str | None = None, train_max_len: int | None = None
+) -> Figure:
     """Decodable bits of the state vs string length, one line per model, next to copy accuracy.
 
     summary: rows of `interp.analysis.saturation.state_saturation(...).summary` (several models
     concatenated). Left: `y` against length, the bits a perfect copy needs (L log2|V|) as a dotted
     diagonal, and each model's `state_bits` as a dashed horizontal line in the model's colour when it is
     within 4x of the plotted range, otherwise written in the legend. Right: copy string accuracy (%).
+    A dotted vertical line marks the longest training length when given.
     """
     for name in ("model", "length", y, "string_bits", "state_bits", "copy_string_acc"):
         if name not in summary.columns:
@@ -110,6 +113,10 @@ def plot_state_saturation(summary: pd.DataFrame, y: str = "info_bits", title: st
     ax.set(xlabel="string length L (letters)", ylabel=ylabel, ylim=(0, top), title=title or "")
     ax.legend(loc="upper left", fontsize=7)
     ax_acc.set(xlabel="string length L (letters)", ylabel="copy string accuracy (%)", ylim=(-3, 103))
+    if train_max_len is not None:
+        for axis in (ax, ax_acc):
+            axis.axvline(train_max_len, color="grey", linestyle=":", linewidth=1)
+        ax_acc.text(train_max_len, 50, " longest training string", color="grey", fontsize=7, rotation=90)
     ax_acc.set_title("measured copy accuracy", fontsize=10)
     fig.tight_layout()
     return fig
