@@ -10,11 +10,13 @@ from pathlib import Path
 
 import torch
 
-from interp.models import ARCHITECTURES, HookedModel, build_model
+from interp.models import HookedModel, build_model
 from interp.models.loading import atomic_write, atomic_write_text, load
 from interp.tasks import TASKS, TaskConfig
 from interp.training import TrainConfig, train
 from interp.utils import parse_int_list, resolve_device
+
+TRAINABLE = ["transformer", "lstm", "mamba"]  # the other architectures are hand-built ground truths
 
 # command-line flag -> model config field; only flags the user gave are passed on
 MODEL_FLAGS = {
@@ -91,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on a synthetic task into a checkpoint folder")
-    p.add_argument("--arch", choices=list(ARCHITECTURES), default="transformer", help="model family")
+    p.add_argument("--arch", choices=TRAINABLE, default="transformer", help="model family")
     p.add_argument("--out", required=True, help="checkpoint folder (config.json, model.safetensors, metrics)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     g = p.add_argument_group("model")

@@ -54,7 +54,7 @@ def plot_probe_heatmap(
     fig, axes = plt.subplots(
         1,
         len(panels),
-        figsize=(len(panels) * (0.4 * df[col].nunique() + 4.5), 0.45 * df[row].nunique() + 2),
+        figsize=(len(panels) * (0.3 * df[col].nunique() + 3.5), 0.45 * df[row].nunique() + 2),
         squeeze=False,
     )
     for ax, name in zip(axes[0], panels):
