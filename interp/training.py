@@ -10,13 +10,14 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from interp.config import Config
 from interp.models import HookedModel
 from interp.models.loading import WEIGHTS, atomic_write, load_checkpoint, save_checkpoint
 from interp.tasks import IGNORE_INDEX, Batch, TaskConfig, make_batch
@@ -27,7 +28,7 @@ METRICS = "metrics.jsonl"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     steps: int = 2000  # optimizer steps (the paper: 2,000)
     batch_size: int = 32  # examples (or packed rows) per step (the paper: 8 rows of 220 tokens)
     lr: float = 1e-3  # peak learning rate; the paper's 1e-5 suits 150M-parameter models, not tiny ones
@@ -47,14 +48,6 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:

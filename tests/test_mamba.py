@@ -357,7 +357,7 @@ def test_config_round_trip_and_state_size():
     assert isinstance(model, HookedMamba) and model.arch == "mamba"
     assert model.state_size().numbers_per_layer == (96 * 4 + 96 * 2,) * 3
     assert model.lm_head.weight is model.embed.weight
-    with pytest.raises(ValueError, match="unknown Mamba options.*allowed"):
+    with pytest.raises(ValueError, match="unknown MambaConfig options.*allowed"):
         MambaConfig.from_dict({"d_modle": 3})
     with pytest.raises(ValueError, match="unknown scan 'gpu'"):
         MambaConfig(scan="gpu")

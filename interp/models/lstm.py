@@ -8,12 +8,13 @@ patching `blocks.{l}.hook_cell` at position t changes every output from t on and
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
+from interp.config import Config
 from interp.models.base import Hook, HookedModel, StateSize
 
 
@@ -66,22 +67,12 @@ class LSTMLayer(nn.Module):
 
 
 @dataclass
-class LSTMConfig:
+class LSTMConfig(Config):
     d_vocab: int = 30  # tokens; 26 letters + 4 symbols for the paper's tasks
     d_model: int = 256  # hidden and cell width; the state is 2 * d_model numbers per layer
     n_layers: int = 2
     n_ctx: int | None = None  # no positional limit; set to guard against overlong inputs
     init_std: float = 0.02
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LSTMConfig:
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown LSTM options {sorted(set(d) - known)}; allowed: {sorted(known)}")
-        return cls(**d)
 
 
 class HookedLSTM(HookedModel):

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -68,6 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from interp.config import Config
 from interp.models.base import Hook, HookedModel, StateSize
 from interp.models.scan import IMPLS, selective_scan
 
@@ -102,7 +103,7 @@ def from_hf_name(name: str) -> str:
 # Config
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class MambaConfig:
+class MambaConfig(Config):
     d_vocab: int = 30  # tokens; 26 letters + 4 symbols for the paper's tasks
     d_model: int = 256
     n_layers: int = 2
@@ -149,16 +150,6 @@ class MambaConfig:
     def rank(self) -> int:
         """dt_rank with "auto" resolved."""
         return math.ceil(self.d_model / 16) if self.dt_rank == "auto" else int(self.dt_rank)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> MambaConfig:
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown Mamba options {sorted(set(d) - known)}; allowed: {sorted(known)}")
-        return cls(**d)
 
 
 @dataclass

@@ -17,20 +17,21 @@ back); an edit of `hook_state` changes only that position's readout, not later s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from interp.config import Config
 from interp.models.base import Hook, HookedModel, StateSize
 
 READOUT_SCALE = 10.0  # logit of the token in the oldest slot
 
 
 @dataclass
-class ShiftRegisterConfig:
+class ShiftRegisterConfig(Config):
     d_vocab: int = 30  # tokens; 26 letters + 4 symbols for the paper's tasks
     memory: int = 4  # m: tokens the state holds; its capacity is m * log2(d_vocab) bits
     n_ctx: int | None = None  # optional guard against overlong inputs
@@ -40,18 +41,6 @@ class ShiftRegisterConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ShiftRegisterConfig:
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise ValueError(
-                f"unknown shift-register options {sorted(set(d) - known)}; allowed: {sorted(known)}"
-            )
-        return cls(**d)
 
 
 class ShiftRegister(HookedModel):

@@ -12,13 +12,14 @@ materialises them (and runs their hooks) otherwise. Both are tested against each
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from interp.config import Config
 from interp.models.base import Hook, HookedModel
 
 POSITIONAL = ("rope", "nope", "alibi", "hard_alibi")
@@ -175,7 +176,7 @@ class Block(nn.Module):
 
 
 @dataclass
-class TransformerConfig:
+class TransformerConfig(Config):
     d_vocab: int = 30  # tokens; 26 letters + 4 symbols for the paper's tasks
     d_model: int = 128  # residual stream width
     n_layers: int = 2  # the paper's copy construction needs 2
@@ -221,18 +222,6 @@ class TransformerConfig:
     @property
     def rotary_dim(self) -> int:
         return int(self.d_head * self.rotary_pct) // 2 * 2
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TransformerConfig:
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise ValueError(
-                f"unknown transformer options {sorted(set(d) - known)}; allowed: {sorted(known)}"
-            )
-        return cls(**d)
 
 
 class HookedTransformer(HookedModel):

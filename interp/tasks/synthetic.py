@@ -17,11 +17,12 @@ phone-book and the number of key-value pairs for associative recall.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from interp.config import Config
 from interp.tasks.batch import Batch, assemble, constant, first_true, pack, score_mask_from_answer
 from interp.tasks.vocab import Vocab
 
@@ -29,7 +30,7 @@ TASKS = ("copy", "prefix_lookup", "suffix_lookup", "phonebook", "mqar", "inducti
 
 
 @dataclass(frozen=True)
-class TaskConfig:
+class TaskConfig(Config):
     task: str = "copy"  # one of TASKS
     n_letters: int = 26  # alphabet size |V| (2..26); the paper uses 26
     min_len: int = 1  # shortest string (entries, pairs) sampled in training
@@ -66,17 +67,6 @@ class TaskConfig:
     @property
     def vocab(self) -> Vocab:
         return Vocab(self.n_letters)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TaskConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown task options {sorted(unknown)}; allowed: {sorted(known)}")
-        return cls(**d)
 
     def sequence_length(self, length: int) -> int:
         """Tokens in one example of the given length (what must fit in the model's context)."""
