@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -197,38 +198,125 @@ def from_hf_gpt_neox(hf_model) -> HookedModel:
     return model.eval()
 
 
+HUB_PATTERNS = [
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",  # mamba-ssm checkpoints; read with torch.load(weights_only=True)
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def load_tokenizer(folder: str | Path, tokenizer_source: str | Path | None = None):
+    """The tokenizer saved in `folder` (`AutoTokenizer.from_pretrained`), or None if it has none.
+
+    `tokenizer_source`: another folder to read it from (mamba-ssm checkpoints ship without one; their
+    tokenizer is EleutherAI/gpt-neox-20b's). Only tokenizer files are read; no code is executed.
+    """
+    source = Path(tokenizer_source) if tokenizer_source is not None else Path(folder)
+    if not any((source / name).is_file() for name in TOKENIZER_FILES):
+        if tokenizer_source is not None:
+            raise FileNotFoundError(f"no tokenizer files ({', '.join(TOKENIZER_FILES)}) in {source}")
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
+
+
+def download_from_hub(name: str) -> Path:
+    """A Hugging Face hub name -> the local snapshot folder (config, weights, tokenizer files only).
+
+    Honors HF_HUB_OFFLINE (then only the local cache is used). Raises FileNotFoundError with what to do
+    when the model is neither cached nor downloadable.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+
+        # safetensors first; pytorch_model.bin only for repositories that have no safetensors (mamba-ssm)
+        safe = [p for p in HUB_PATTERNS if p != "pytorch_model.bin"]
+        folder = Path(snapshot_download(name, allow_patterns=safe, local_files_only=_offline()))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(name, allow_patterns=HUB_PATTERNS, local_files_only=_offline()))
+        return folder
+    except Exception as e:  # offline, not cached, no network, unknown repository, ...
+        mode = "HF_HUB_OFFLINE is set and it is not in the local cache" if _offline() else "download failed"
+        raise FileNotFoundError(
+            f"{name} does not exist as a local folder and the Hugging Face hub model {name!r} is not available "
+            f"({mode}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). To use it offline, "
+            f"download it where there is network (`hf download {name} --local-dir DIR`) and pass "
+            f"the folder DIR to interp.load; a folder needs config.json, weights (*.safetensors or "
+            f"pytorch_model.bin) and, for text evaluations, tokenizer files"
+        ) from e
+
+
 def load_hf_folder(folder: Path, device: str | torch.device = "cpu") -> HookedModel:
-    """A local Hugging Face folder (config.json with model_type gpt_neox or mamba) -> hooked model."""
+    """A local Hugging Face folder (config.json with model_type gpt_neox or mamba) -> hooked model.
+
+    Weights are read from safetensors, or from pytorch_model.bin with torch.load(weights_only=True)
+    (never unpickling arbitrary objects). `model.tokenizer` is the folder's tokenizer, or None.
+    """
     config = read_config(folder)
     model_type = config.get("model_type")
     if model_type == "gpt_neox":
         from transformers import GPTNeoXForCausalLM
 
-        return from_hf_gpt_neox(GPTNeoXForCausalLM.from_pretrained(folder)).to(device)
-    if model_type == "mamba" or "ssm_cfg" in config:
+        hf = GPTNeoXForCausalLM.from_pretrained(folder, weights_only=True, trust_remote_code=False)
+        model = from_hf_gpt_neox(hf).to(device)
+    elif model_type == "mamba" or "ssm_cfg" in config:
         from interp.models.mamba import load_hf_mamba
 
-        return load_hf_mamba(folder).to(device).eval()
-    raise ValueError(
-        f"{folder} holds a Hugging Face model of type {model_type!r}; interp loads gpt_neox (Pythia) and mamba"
-    )
+        model = load_hf_mamba(folder).to(device).eval()
+    else:
+        raise ValueError(
+            f"{folder} holds a Hugging Face model of type {model_type!r}; interp loads gpt_neox (Pythia) and mamba"
+        )
+    model.tokenizer = load_tokenizer(folder)
+    return model
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> HookedModel:
-    """Load a model folder: an interp checkpoint, or a Hugging Face GPT-NeoX/Pythia or Mamba folder.
+def load(
+    path: str | Path, device: str | torch.device = "cpu", tokenizer: str | Path | None = None
+) -> HookedModel:
+    """Load a model: an interp checkpoint folder, a Hugging Face GPT-NeoX/Pythia or Mamba folder, or a hub name.
 
-    The model's config is `model.cfg`; for interp checkpoints the task and training settings it was
-    trained with are in `model.checkpoint`.
+    A string that is not an existing path but looks like a hub name ("EleutherAI/pythia-410m",
+    "state-spaces/mamba-130m-hf") is fetched with `huggingface_hub.snapshot_download` (config, weights
+    and tokenizer files only; HF_HUB_OFFLINE=1 uses the local cache only). The model's config is
+    `model.cfg`; Hugging Face models carry their tokenizer in `model.tokenizer` (None if the folder has
+    none); for interp checkpoints the task and training settings are in `model.checkpoint`.
+
+    `tokenizer`: a folder or hub name to take the tokenizer from instead, for checkpoints that ship
+    without one (mamba-ssm's `state-spaces/mamba-*` use "EleutherAI/gpt-neox-20b").
     """
     folder = Path(path)
     if not folder.exists():
-        raise FileNotFoundError(
-            f"{path} does not exist; pass a checkpoint folder written by `interp train` or a local Hugging "
-            f"Face model folder"
-        )
+        if isinstance(path, str) and _HUB_ID.match(path):
+            folder = download_from_hub(path)
+        else:
+            raise FileNotFoundError(
+                f"{path} does not exist; pass a checkpoint folder written by `interp train`, a local Hugging "
+                f"Face model folder, or a Hugging Face hub name such as EleutherAI/pythia-160m"
+            )
     if not folder.is_dir():
         raise ValueError(f"{path} is a file; a model is a folder with config.json and weights")
     config = read_config(folder)
     if "arch" in config:
         return load_checkpoint(folder, device)
-    return load_hf_folder(folder, device)
+    model = load_hf_folder(folder, device)
+    if tokenizer is not None:
+        source = Path(tokenizer)
+        if not source.exists() and isinstance(tokenizer, str) and _HUB_ID.match(tokenizer):
+            source = download_from_hub(tokenizer)
+        model.tokenizer = load_tokenizer(folder, tokenizer_source=source)
+    return model
