@@ -5,11 +5,12 @@
 
 The same tiny random checkpoints (a Pythia-style GPT-NeoX and a Hugging Face Mamba, saved to a temporary
 folder with a locally trained tokenizer, `interp.models.tiny_pretrained`) are loaded twice: with
-`interp.load` and with `AutoModelForCausalLM.from_pretrained`. The workload is the text-copy evaluation:
-`batch` prompts of one passage length (so neither side needs padding), greedy, `passage - 2` new tokens
-each. Hugging Face uses its KV / recurrent cache; our transformer uses `transformer_greedy_kv` (a KV
-cache; also timed without it, re-reading the whole sequence per token), our Mamba decodes in step mode. Reported: prompts per second, median of interleaved
-repeats (benchmarks/common.py), and how many generated tokens agree between the two.
+`interp.load` and with `AutoModelForCausalLM.from_pretrained`. Workloads: the text-copy evaluation
+(`batch` prompts of one passage length, so neither side pads; `passage - 2` new tokens each) and the
+phone-book evaluation (books of 4-12 entries, so prompt lengths differ and both sides left-pad with an
+attention mask; 14 new tokens), greedy. Hugging Face uses its KV / recurrent cache; our transformer uses its KV cache
+(`HookedTransformer.generate_greedy`; also timed without it, re-reading the whole sequence per token),
+our Mamba decodes in step mode. Reported: prompts per second, median of interleaved repeats (benchmarks/common.py), and how many generated tokens agree between the two.
 """
 
 from __future__ import annotations
@@ -21,13 +22,23 @@ import torch
 
 import interp
 from benchmarks import common
-from interp.analysis.pretrained_evals import generate, text_copy_prompts
+from interp.analysis.pretrained_evals import generate, left_pad, phonebook_prompts, text_copy_prompts
 from interp.models.tiny_pretrained import TEXT, make_folders
 
 
-def workloads(quick: bool) -> list[tuple[int, int]]:
-    """(passage tokens, prompts per batch)."""
-    return [(16, 8)] if quick else [(32, 16), (128, 16)]
+def workloads(tokenizer, quick: bool) -> list[tuple[str, list]]:
+    """(name, prompts); each workload is one batch."""
+    text = TEXT * 4
+    if quick:
+        return [
+            ("copy 16", text_copy_prompts(tokenizer, text, [16], n_per_length=8)),
+            ("phone book, padded", phonebook_prompts(tokenizer, [4, 8], n_per_size=4)),
+        ]
+    return [
+        ("copy 32", text_copy_prompts(tokenizer, text, [32], n_per_length=16)),
+        ("copy 128", text_copy_prompts(tokenizer, text, [128], n_per_length=16)),
+        ("phone book, padded", phonebook_prompts(tokenizer, [4, 6, 8, 12], n_per_size=4)),
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,19 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     rows, ratios = [], []
     with tempfile.TemporaryDirectory() as tmp:
         folders = make_folders(Path(tmp))
-        text = TEXT * 4
         for family, folder in folders.items():
             ours = interp.load(folder)
             hf = AutoModelForCausalLM.from_pretrained(folder).eval()
-            for length, batch in workloads(args.quick):
-                prompts = text_copy_prompts(ours.tokenizer, text, [length], n_per_length=batch)
-                tokens = torch.tensor([p.prompt_ids for p in prompts])
-                n_new = prompts[0].max_new_tokens
+            for workload, prompts in workloads(ours.tokenizer, args.quick):
+                batch = len(prompts)
+                tokens, mask = left_pad([p.prompt_ids for p in prompts])
+                n_new = max(p.max_new_tokens for p in prompts)
 
-                def run_hf(hf=hf, tokens=tokens, n_new=n_new):
+                def run_hf(hf=hf, tokens=tokens, mask=mask, n_new=n_new):
                     out = hf.generate(
                         tokens,
-                        attention_mask=torch.ones_like(tokens),
+                        attention_mask=mask,
                         max_new_tokens=n_new,
                         min_new_tokens=n_new,
                         do_sample=False,
@@ -79,11 +89,13 @@ def main(argv: list[str] | None = None) -> int:
                         min_time=0.02 if args.quick else 0.2,
                     )
                 ratio = sec["hf"] / sec["interp"]
-                ratios.append((family, length, ratio))
+                ratios.append((family, workload, ratio))
+                lengths = sorted({len(p.prompt_ids) for p in prompts})
                 rows.append(
                     [
                         family,
-                        tokens.shape[1],
+                        workload,
+                        f"{lengths[0]}-{lengths[-1]}" if len(lengths) > 1 else lengths[0],
                         n_new,
                         batch,
                         f"{batch / sec['interp']:.1f}",
@@ -99,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         common.table(
             [
                 "model",
+                "workload",
                 "prompt tokens",
                 "new tokens",
                 "batch",
@@ -111,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             rows,
         )
     )
-    summary = ", ".join(f"{f} L={n}: {r:.2f}x" for f, n, r in ratios)
+    summary = ", ".join(f"{f} {w}: {r:.2f}x" for f, w, r in ratios)
     print(f"\nratio interp / Hugging Face throughput: {summary}")
     return 0
 

@@ -202,9 +202,11 @@ def test_batched_generation_equals_one_by_one(folders, kind):
     prompts = phonebook_prompts(model.tokenizer, [3, 4], n_per_size=3) + text_copy_prompts(
         model.tokenizer, TEXT, [12], n_per_length=3
     )
+    assert len(set(sorted(len(p.prompt_ids) for p in prompts)[:4])) > 1  # the first padded batch mixes lengths
     batched = generate(model, prompts, batch_size=4)
     single = [generate(model, [p], batch_size=1)[0] for p in prompts]
     assert batched == single
+    assert generate(model, prompts, batch_size=4, padding=False) == single
     assert [len(c) for c in batched] == [p.max_new_tokens for p in prompts]
 
 
@@ -330,13 +332,11 @@ def test_generation_benchmark_quick(run_python):
     assert "100.0%" in proc.stdout  # greedy tokens agree with Hugging Face on the tiny models
 
 
-@pytest.mark.parametrize("positional,parallel", [("rope", True), ("alibi", False), ("hard_alibi", False)])
-def test_kv_cache_decoding_equals_full_recomputation(positional, parallel):
-    from interp.analysis.pretrained_evals import greedy_continue, transformer_greedy_kv
+def random_transformer(positional: str, parallel: bool, seed: int = 0) -> HookedTransformer:
     from interp.models import build_model
 
-    torch.manual_seed(0)
-    model = build_model(
+    torch.manual_seed(seed)
+    return build_model(
         "transformer",
         d_vocab=50,
         d_model=32,
@@ -347,15 +347,98 @@ def test_kv_cache_decoding_equals_full_recomputation(positional, parallel):
         rotary_pct=0.25,
         init_std=0.3,
     ).eval()
+
+
+POSITIONAL_VARIANTS = [("rope", True), ("nope", False), ("alibi", False), ("hard_alibi", False)]
+
+
+@pytest.mark.parametrize("positional,parallel", POSITIONAL_VARIANTS)
+def test_kv_cache_decoding_equals_full_recomputation(positional, parallel):
+    from interp.analysis.pretrained_evals import greedy_continue
+
+    model = random_transformer(positional, parallel)
     tokens = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(1))
-    cached = transformer_greedy_kv(model, tokens, 12)
+    cached = greedy_continue(model, tokens, 12)
     full = greedy_continue(model, tokens, 12, kv_cache=False)
     assert torch.equal(cached, full)
     assert len(set(cached.flatten().tolist())) > 3  # a non-trivial continuation
-    seq = torch.cat([tokens, cached], dim=1)  # and the last logits agree with a full forward
-    assert transformer_greedy_kv(model, seq, 1)[:, 0].equal(model(seq)[:, -1].argmax(-1))
     with pytest.raises(ValueError, match="exceeds the model's n_ctx"):
-        transformer_greedy_kv(model, tokens, model.cfg.n_ctx)
+        model.generate_greedy(tokens, model.cfg.n_ctx)
+    # the cache also takes several tokens per call: logits equal one full forward
+    seq = torch.cat([tokens, cached], dim=1)
+    cache = model.init_kv_cache()
+    with torch.no_grad():
+        pieces = [model(seq[:, a:b], past_kv_cache=cache) for a, b in [(0, 5), (5, 6), (6, 14), (14, 21)]]
+        torch.testing.assert_close(torch.cat(pieces, dim=1), model(seq), atol=1e-5, rtol=0)
+    assert cache.n_tokens == 21 and cache.layers[0][0].shape == (3, 4, 21, 8)
+
+
+def left_padded_batch(lengths: list[int], vocab: int, seed: int = 2) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, vocab, (n,), generator=g) for n in lengths]
+
+
+@pytest.mark.parametrize("attn_impl", ["auto", "eager"])
+@pytest.mark.parametrize("positional,parallel", POSITIONAL_VARIANTS)
+def test_left_padding_gives_each_sequence_its_own_logits(positional, parallel, attn_impl):
+    """A left-padded batch with an attention mask = every sequence run alone (logits and greedy tokens)."""
+    from interp.analysis.pretrained_evals import left_pad
+
+    model = random_transformer(positional, parallel)
+    model.cfg.attn_impl = attn_impl
+    seqs = left_padded_batch([9, 4, 1, 7], 50)
+    tokens, mask = left_pad([s.tolist() for s in seqs], pad_id=3)
+    with torch.no_grad():
+        padded = model(tokens, attention_mask=mask)
+        alone = [model(s[None])[0] for s in seqs]
+        unmasked = model(tokens)
+    for row, s in enumerate(seqs):
+        torch.testing.assert_close(padded[row, -len(s) :], alone[row], atol=1e-5, rtol=0)
+    assert not torch.allclose(unmasked[1, -4:], alone[1], atol=1e-3)  # without the mask padding leaks in
+    new = model.generate_greedy(tokens, 6, attention_mask=mask)[:, tokens.shape[1] :]
+    for row, s in enumerate(seqs):
+        assert new[row].equal(model.generate_greedy(s[None], 6)[0, len(s) :])
+
+
+def test_left_padding_gives_each_sequence_its_own_mamba_state():
+    from interp.analysis.pretrained_evals import left_pad
+    from interp.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("mamba", d_vocab=50, d_model=32, n_layers=2, d_state=8).eval()
+    seqs = left_padded_batch([9, 2, 1, 7], 50)  # 2 and 1 are shorter than the conv window
+    tokens, mask = left_pad([s.tolist() for s in seqs], pad_id=3)
+    with torch.no_grad():
+        padded, cache = model(tokens, attention_mask=mask, return_cache=True)
+        for row, s in enumerate(seqs):
+            logits, alone = model(s[None], return_cache=True)
+            torch.testing.assert_close(padded[row, -len(s) :], logits[0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(cache.ssm[:, row], alone.ssm[:, 0], atol=1e-5, rtol=0)
+            torch.testing.assert_close(cache.conv[:, row], alone.conv[:, 0], atol=1e-5, rtol=0)
+        assert not torch.allclose(model(tokens)[1, -2:], padded[1, -2:], atol=1e-3)
+    new = model.generate_greedy(tokens, 6, attention_mask=mask)[:, tokens.shape[1] :]
+    for row, s in enumerate(seqs):
+        assert new[row].equal(model.generate_greedy(s[None], 6)[0, len(s) :])
+
+
+@pytest.mark.parametrize("kind", ["pythia", "mamba"])
+def test_left_padding_matches_hugging_face(folders, kind):
+    """Our masked forward equals Hugging Face's on the same left-padded batch (positions as in `generate`)."""
+    from transformers import AutoModelForCausalLM
+
+    from interp.analysis.pretrained_evals import left_pad
+
+    model = interp.load(folders[kind])
+    hf = AutoModelForCausalLM.from_pretrained(folders[kind]).eval()
+    texts = ["James Smith: 609-323-7777", "Paris", "Question: Where is Paris?\nAnswer:"]
+    tokens, mask = left_pad([model.tokenizer.encode(t) for t in texts])
+    kwargs = {"attention_mask": mask}
+    if kind == "pythia":
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)  # what HF `generate` passes
+    with torch.no_grad():
+        ours, theirs = model(tokens, attention_mask=mask), hf(tokens, **kwargs).logits
+    real = mask.bool()
+    torch.testing.assert_close(ours[real], theirs[real], atol=1e-4, rtol=0)
 
 
 def test_mamba_ssm_folder_with_a_tokenizer_from_elsewhere(folders, tmp_path):

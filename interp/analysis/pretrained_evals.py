@@ -11,13 +11,14 @@ scorer; `generate` runs greedy decoding on any loaded model and `run_eval` puts 
 >>> table = run_eval(model, prompts)                              # one row per prompt
 >>> summarize(table)                                              # accuracy per number of entries
 
-Batching. Our transformer has no attention mask and padding would also change a Mamba's state, so
-`generate` never pads: it batches prompts of equal token length together (bucketed by length) and runs
-buckets one after another. Results are therefore identical to decoding each prompt on its own (a test
-checks this). Text-copy prompts of one passage length all have the same length, so they batch fully.
-The transformer decodes with a key/value cache (`transformer_greedy_kv`); Mamba reads the prompt in one
-pass and then decodes in its O(1)-memory step mode (`HookedMamba.generate_greedy`). Hooks do not fire
-during decoding.
+Batching. `generate` sorts prompts by token length and left-pads each batch with an attention mask
+(1 = token, 0 = padding), as Hugging Face does: the transformer never attends to padding and counts
+rotary positions from the first real token; Mamba feeds padding into its convolution and scan as zeros,
+so its state stays exactly zero until the prompt starts. Results equal decoding each prompt on its own
+(tests check both families). The transformer decodes with a key/value cache
+(`HookedTransformer.generate_greedy`); Mamba reads the prompt in one pass and then decodes in its
+O(1)-memory step mode (`HookedMamba.generate_greedy`). Hooks fire only on forward passes, so attach
+them with `run_with_hooks`/`run_with_cache` on the prompts, not while decoding.
 """
 
 from __future__ import annotations
@@ -390,115 +391,98 @@ def first_line(text: str) -> str:
 # ---- generation and scoring ------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def transformer_greedy_kv(model, tokens: Tensor, n_new: int) -> Tensor:
-    """Greedy decoding for our `HookedTransformer` with a key/value cache: tokens [B, P] -> new tokens [B, n_new].
+def supports_padding(model) -> bool:
+    """True for models whose `generate_greedy` takes an attention mask (our transformer and Mamba)."""
+    import inspect
 
-    The same arithmetic as `model.forward` (same submodules, rotary tables and attention bias), but each
-    new token attends to cached keys and values instead of re-reading the sequence. Hooks do not fire.
-    A test checks it against full re-computation.
-    """
-    from interp.models.transformer import apply_rotary, attention_bias, rotary_cos_sin
-
-    cfg = model.cfg
-    b, p = tokens.shape
-    total, device = p + n_new, tokens.device
-    bias = attention_bias(cfg, total, device)  # [H, T, T] or None (rope / nope: causal only)
-    rotary = None
-    if cfg.positional == "rope" and cfg.rotary_dim > 0:
-        rotary = rotary_cos_sin(total, cfg.rotary_dim, cfg.rotary_base, device)
-    cache: list[tuple[Tensor, Tensor] | None] = [None] * cfg.n_layers
-
-    def run(new: Tensor, start: int) -> Tensor:  # new [B, S] at positions start.. -> last logits [B, V]
-        s = new.shape[1]
-        positions = slice(start, start + s)
-        resid = model.embed(new)
-        for layer, block in enumerate(model.blocks):
-            attn = block.attn
-            q, k, v = attn.qkv(block.ln1(resid)).view(b, s, cfg.n_heads, 3 * cfg.d_head).chunk(3, dim=-1)
-            if rotary is not None:
-                cos, sin = rotary[0][positions], rotary[1][positions]
-                q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-            q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, S, Dh]
-            if cache[layer] is not None:
-                k, v = torch.cat([cache[layer][0], k], dim=2), torch.cat([cache[layer][1], v], dim=2)
-            cache[layer] = (k, v)
-            if bias is not None:
-                mask = bias[:, positions, : start + s].to(q.dtype)
-            else:
-                query = torch.arange(start, start + s, device=device)[:, None]
-                mask = torch.arange(start + s, device=device)[None, :] <= query  # causal, True = attend
-            z = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            attn_out = attn.out(z.transpose(1, 2).reshape(b, s, -1))
-            if block.parallel:
-                resid = resid + attn_out + block.mlp(block.ln2(resid))
-            else:
-                resid = resid + attn_out
-                resid = resid + block.mlp(block.ln2(resid))
-        return model.unembed(model.ln_final(resid[:, -1]))
-
-    model.check_tokens(tokens)
-    if total > cfg.n_ctx:
-        raise ValueError(f"prompt of {p} tokens + {n_new} new ones exceeds the model's n_ctx={cfg.n_ctx}")
-    out = []
-    nxt = run(tokens, 0).argmax(-1)
-    for i in range(n_new):
-        out.append(nxt)
-        if i + 1 < n_new:
-            nxt = run(nxt[:, None], p + i).argmax(-1)
-    return torch.stack(out, dim=1) if out else tokens[:, :0]
+    greedy = getattr(model, "generate_greedy", None)
+    return greedy is not None and "attention_mask" in inspect.signature(greedy).parameters
 
 
 @torch.no_grad()
-def greedy_continue(model, tokens: Tensor, n_new: int, kv_cache: bool = True) -> Tensor:
-    """tokens [B, P] (equal lengths, no padding) -> the n_new greedy tokens [B, n_new].
+def greedy_continue(
+    model, tokens: Tensor, n_new: int, attention_mask: Tensor | None = None, kv_cache: bool = True
+) -> Tensor:
+    """tokens [B, P] (left-padded where attention_mask is 0) -> the n_new greedy tokens [B, n_new].
 
-    Mamba-style models with `generate_greedy` use it (prompt in one pass, then step mode); our
-    HookedTransformer uses `transformer_greedy_kv` (kv_cache=True); anything else re-runs the whole
-    sequence for each token.
+    Models with `generate_greedy` use it: our transformer reads the prompt once and decodes with a
+    key/value cache; Mamba reads it once and decodes in its O(1)-memory step mode. kv_cache=False, or
+    a model without `generate_greedy`, re-runs the whole sequence for each new token (the reference).
     """
-    from interp.models.transformer import HookedTransformer
-
     if n_new == 0:
         return tokens[:, :0]
-    if hasattr(model, "generate_greedy"):
-        return model.generate_greedy(tokens, n_new)[:, tokens.shape[1] :]
-    if kv_cache and isinstance(model, HookedTransformer):
-        return transformer_greedy_kv(model, tokens, n_new)
-    seq = tokens
+    if kv_cache and hasattr(model, "generate_greedy"):
+        if attention_mask is None:
+            return model.generate_greedy(tokens, n_new)[:, tokens.shape[1] :]
+        return model.generate_greedy(tokens, n_new, attention_mask=attention_mask)[:, tokens.shape[1] :]
+    seq, mask = tokens, attention_mask
     for _ in range(n_new):
-        seq = torch.cat([seq, model(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        logits = model(seq) if mask is None else model(seq, attention_mask=mask)
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+        if mask is not None:
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
     return seq[:, tokens.shape[1] :]
 
 
+def left_pad(rows: list[list[int]], pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    """Token lists of any lengths -> (tokens [B, P], attention_mask [B, P]), padded on the left.
+
+    >>> left_pad([[5, 6, 7], [8]])
+    (tensor([[5, 6, 7],
+            [0, 0, 8]]), tensor([[1, 1, 1],
+            [0, 0, 1]]))
+    """
+    width = max(len(r) for r in rows)
+    tokens = torch.tensor([[pad_id] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return tokens, mask
+
+
 def generate(
-    model, prompts: list[EvalPrompt], batch_size: int = 16, progress: bool = False, kv_cache: bool = True
+    model,
+    prompts: list[EvalPrompt],
+    batch_size: int = 16,
+    progress: bool = False,
+    kv_cache: bool = True,
+    padding: bool = True,
 ) -> list[list[int]]:
     """Greedy continuations (token ids) of every prompt, in the order given.
 
-    kv_cache=False makes our transformer re-read the whole sequence per token (the reference path).
-
-    Prompts are grouped by token length, so a batch never needs padding; each batch generates the most
-    tokens any of its prompts asks for and every continuation is cut to its prompt's max_new_tokens.
+    padding=True (models that take an attention mask, i.e. ours): prompts are sorted by length and
+    batched `batch_size` at a time, left-padded with a mask, so unequal lengths share a batch and little
+    is wasted. padding=False, or a model without a mask: only prompts of equal length share a batch.
+    Either way each result equals decoding that prompt alone (tests check both). Each batch generates
+    the most tokens any of its prompts asks for; every continuation is cut to its max_new_tokens.
+    kv_cache=False re-reads the whole sequence per token (the reference path).
     """
     n_ctx = getattr(model.cfg, "n_ctx", None)
     for i, p in enumerate(prompts):
         check_fits(len(p.prompt_ids), p.max_new_tokens, n_ctx, f"prompt {i} ({p.task}, x={p.x})")
-    by_length: dict[int, list[int]] = collections.defaultdict(list)
-    for i, p in enumerate(prompts):
-        by_length[len(p.prompt_ids)].append(i)
-    batches = [idx[s : s + batch_size] for idx in by_length.values() for s in range(0, len(idx), batch_size)]
+    pad = padding and supports_padding(model)
+    if pad:
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].prompt_ids))
+        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    else:
+        by_length: dict[int, list[int]] = collections.defaultdict(list)
+        for i, p in enumerate(prompts):
+            by_length[len(p.prompt_ids)].append(i)
+        batches = [
+            idx[s : s + batch_size] for idx in by_length.values() for s in range(0, len(idx), batch_size)
+        ]
     out: list[list[int]] = [[] for _ in prompts]
     device = model.device
     iterator = batches
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(batches, desc="generate")
+        iterator = tqdm(batches, desc="generate", unit="batch")
     for batch in iterator:
-        tokens = torch.tensor([prompts[i].prompt_ids for i in batch], dtype=torch.long, device=device)
+        tokens, mask = left_pad([prompts[i].prompt_ids for i in batch])
+        tokens, mask = tokens.to(device), mask.to(device)
+        if bool(mask.all()):
+            mask = None  # equal lengths: the unmasked (fused, causal-only) path
         n_new = max(prompts[i].max_new_tokens for i in batch)
-        new = greedy_continue(model, tokens, n_new, kv_cache=kv_cache).tolist()
+        new = greedy_continue(model, tokens, n_new, attention_mask=mask, kv_cache=kv_cache).tolist()
         for row, i in zip(new, batch):
             out[i] = row[: prompts[i].max_new_tokens]
     return out

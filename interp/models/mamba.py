@@ -214,15 +214,24 @@ class MambaMixer(nn.Module):
         for hook in (self.hook_conv, self.hook_ssm_write, self.hook_ssm_state):
             hook.pos_dim = 2  # position is axis 2 in these layouts (TransformerLens reads pos_dim)
 
-    def forward(self, x: Tensor, cache_out: list | None = None) -> Tensor:
-        """x: [B, P, d_model] (normalised) -> [B, P, d_model]. Appends (conv, ssm) state to cache_out."""
+    def forward(self, x: Tensor, cache_out: list | None = None, mask: Tensor | None = None) -> Tensor:
+        """x: [B, P, d_model] (normalised) -> [B, P, d_model]. Appends (conv, ssm) state to cache_out.
+
+        mask [B, P] (1 = token, 0 = padding): padding enters the convolution and the scan as zeros, so
+        the state stays exactly zero through left padding (as Hugging Face's `attention_mask` does).
+        """
         p = x.shape[1]
         n, r = self.cfg.d_state, self.cfg.rank
         xz = self.hook_in_proj(self.in_proj(x))  # [B, P, 2 * Di]
         xs, z = xz.chunk(2, dim=-1)  # [B, P, Di] each
         z = self.hook_gate(z)
+        if mask is not None:
+            xs = xs * mask[..., None]
         conv = self.hook_conv(self.conv1d(xs.transpose(1, 2)))  # [B, Di, P + K - 1]
-        u = self.hook_ssm_in(F.silu(conv[..., :p]).transpose(1, 2))  # [B, P, Di]
+        u = F.silu(conv[..., :p]).transpose(1, 2)
+        if mask is not None:  # u = 0 makes B = 0 and the write dt * u * B = 0: no state change
+            u = u * mask[..., None]
+        u = self.hook_ssm_in(u)  # [B, P, Di]
         x_dbl = self.hook_x_proj(self.x_proj(u))  # [B, P, R + 2N]
         dt_low, Bm, Cm = x_dbl.split([r, n, n], dim=-1)
         Bm, Cm = self.hook_B(Bm), self.hook_C(Cm)  # [B, P, N]
@@ -288,9 +297,9 @@ class MambaBlock(nn.Module):
         self.hook_mixer_out = Hook()  # [batch, pos, d_model]
         self.hook_resid_post = Hook()  # [batch, pos, d_model]
 
-    def forward(self, x: Tensor, cache_out: list | None = None) -> Tensor:
+    def forward(self, x: Tensor, cache_out: list | None = None, mask: Tensor | None = None) -> Tensor:
         x = self.hook_resid_pre(x)
-        out = self.hook_mixer_out(self.mixer(self.hook_mixer_in(self.norm(x)), cache_out))
+        out = self.hook_mixer_out(self.mixer(self.hook_mixer_in(self.norm(x)), cache_out, mask))
         return self.hook_resid_post(x + out)
 
 
@@ -339,13 +348,27 @@ class HookedMamba(HookedModel):
                 mixer.out_proj.weight /= math.sqrt(cfg.n_layers)
 
     # ---- full-sequence forward ------------------------------------------------------------------
-    def forward(self, tokens: Tensor, return_cache: bool = False) -> Tensor | tuple[Tensor, MambaCache]:
-        """tokens [B, P] -> logits [B, P, d_vocab] (and, with return_cache, the state after the last token)."""
+    def forward(
+        self, tokens: Tensor, attention_mask: Tensor | None = None, return_cache: bool = False
+    ) -> Tensor | tuple[Tensor, MambaCache]:
+        """tokens [B, P] -> logits [B, P, d_vocab] (and, with return_cache, the state after the last token).
+
+        attention_mask [B, P] (1 = token, 0 = left padding), as in Hugging Face: the state stays zero
+        through the padding, so each sequence's real positions get the logits it gets alone.
+        """
         self.check_tokens(tokens)
+        mask = None
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != tuple(tokens.shape):
+                raise ValueError(
+                    f"attention_mask must have the tokens' shape {tuple(tokens.shape)}, "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+            mask = attention_mask.to(self.embed.weight.dtype)
         x = self.hook_embed(self.embed(tokens))  # [B, P, d_model]
         layer_states: list | None = [] if return_cache else None
         for block in self.blocks:
-            x = block(x, layer_states)
+            x = block(x, layer_states, mask)
         logits = self.lm_head(self.ln_final(x).to(self.lm_head.weight.dtype)).float()
         if not return_cache:
             return logits
@@ -403,8 +426,9 @@ class HookedMamba(HookedModel):
         return logits, MambaCache(conv=torch.stack(convs), ssm=torch.stack(ssms), n_tokens=cache.n_tokens + 1)
 
     @torch.no_grad()
-    def generate_greedy(self, prompt: Tensor, n_new: int) -> Tensor:
-        """prompt [B, P] -> [B, P + n_new]: the prompt read in one forward pass, then argmax tokens one step at a time."""
+    def generate_greedy(self, prompt: Tensor, n_new: int, attention_mask: Tensor | None = None) -> Tensor:
+        """prompt [B, P] -> [B, P + n_new]: the prompt read in one forward pass, then argmax tokens one step
+        at a time. attention_mask [B, P] marks left padding (0), as in Hugging Face."""
         if n_new < 0:
             raise ValueError(f"n_new must be >= 0, got {n_new}")
         if prompt.ndim != 2 or prompt.shape[1] < 1:
@@ -415,7 +439,7 @@ class HookedMamba(HookedModel):
             raise ValueError(
                 f"prompt of {prompt.shape[1]} tokens + {n_new} new ones exceeds the model's n_ctx={self.cfg.n_ctx}"
             )
-        logits, cache = self(prompt, return_cache=True)
+        logits, cache = self(prompt, attention_mask, return_cache=True)
         out = [prompt]
         nxt = logits[:, -1].argmax(-1)
         for i in range(n_new):

@@ -40,42 +40,62 @@ def alibi_slopes(n_heads: int) -> Tensor:
     return torch.cat([torch.tensor(power_of_2(closest)), extra])
 
 
-def attention_bias(cfg: TransformerConfig, n_pos: int, device=None) -> Tensor | None:
-    """Additive bias [H, Pq, Pk] (0 or -inf, or ALiBi's linear penalty), causal mask included.
+def attention_bias(
+    cfg: TransformerConfig, n_pos: int, device=None, key_mask: Tensor | None = None, n_past: int = 0
+) -> Tensor | None:
+    """What each query may attend to, for queries at positions n_past..n_pos-1 over keys 0..n_pos-1.
 
-    None for `rope`/`nope`, whose only constraint is causality (the fused kernel handles it).
-    Hard-ALiBi: head i < n_hard_alibi_heads sees only the last i + 1 tokens (keys q-i..q); the
-    other heads see every earlier token with no positional signal at all.
+    rope / nope: a boolean mask (True = attend) [Pq, Pk], or None when causality is the only
+    constraint and there is no cache (the fused kernel's `is_causal` handles it). alibi / hard_alibi: an
+    additive bias [H, Pq, Pk] (0 or -inf, or ALiBi's linear penalty). Hard-ALiBi: head i <
+    n_hard_alibi_heads sees only the last i + 1 tokens (keys q-i..q); the other heads see every earlier
+    token with no positional signal at all.
+
+    key_mask [B, n_pos] (True = real token) adds padding: real queries never attend to padding keys
+    and the result gets a batch axis ([B, 1 or H, Pq, Pk]). A padding query may attend to earlier
+    padding, so no row is empty (its output is never read). Distances are index differences, which
+    left padding leaves unchanged between real tokens.
     """
-    if cfg.positional in ("rope", "nope"):
+    if cfg.positional in ("rope", "nope") and key_mask is None and n_past == 0:
         return None
-    q = torch.arange(n_pos, device=device)[:, None]
-    distance = (q - torch.arange(n_pos, device=device)[None, :]).float()  # [Pq, Pk], >= 0 on the past
-    causal = distance >= 0
+    q = torch.arange(n_past, n_pos, device=device)[:, None]
+    distance = q - torch.arange(n_pos, device=device)[None, :]  # [Pq, Pk], >= 0 on the past
+    allowed = distance >= 0
+    if cfg.positional == "hard_alibi":
+        window = torch.full((cfg.n_heads,), n_pos, device=device)  # unlimited for NoPE heads
+        window[: cfg.hard_alibi_heads] = torch.arange(cfg.hard_alibi_heads, device=device)
+        allowed = allowed & (distance <= window[:, None, None])  # [H, Pq, Pk]
+    if key_mask is not None:
+        key_mask = key_mask.bool()
+        query_is_pad = ~key_mask[:, n_past:, None]  # [B, Pq, 1]
+        allowed = allowed & (key_mask[:, None, :] | query_is_pad)[:, None]  # [B, 1 or H, Pq, Pk]
+    if cfg.positional in ("rope", "nope"):
+        return allowed
+    bias = torch.zeros(allowed.shape, device=device)
     if cfg.positional == "alibi":
-        bias = -alibi_slopes(cfg.n_heads).to(device)[:, None, None] * distance
-        return bias.masked_fill(~causal, float("-inf"))
-    window = torch.full((cfg.n_heads,), float(n_pos), device=device)  # unlimited for NoPE heads
-    window[: cfg.hard_alibi_heads] = torch.arange(cfg.hard_alibi_heads, device=device).float()
-    allowed = causal & (distance <= window[:, None, None])
-    return torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+        bias = bias - alibi_slopes(cfg.n_heads).to(device)[:, None, None] * distance.float()
+    return bias.masked_fill(~allowed, float("-inf"))
 
 
-def rotary_cos_sin(n_pos: int, rotary_dim: int, base: float, device=None) -> tuple[Tensor, Tensor]:
-    """GPT-NeoX rotary tables [P, rotary_dim] (frequencies repeated, for `rotate_half`)."""
+def rotary_cos_sin(positions: Tensor, rotary_dim: int, base: float) -> tuple[Tensor, Tensor]:
+    """GPT-NeoX rotary tables [*positions.shape, rotary_dim] (frequencies repeated, for `rotate_half`)."""
+    device = positions.device
     inv_freq = 1.0 / (base ** (torch.arange(0, rotary_dim, 2, device=device).float() / rotary_dim))
-    freqs = torch.arange(n_pos, device=device).float()[:, None] * inv_freq[None, :]
+    freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
 
 
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the first `rotary_dim` features of x [B, P, H, Dh]; the rest pass (partial rotary)."""
+    """Rotate the first `rotary_dim` features of x [B, P, H, Dh]; the rest pass (partial rotary).
+
+    cos, sin: [P, rotary_dim], or [B, P, rotary_dim] when positions differ per sequence (padding).
+    """
     r = cos.shape[-1]
     x_rot, x_pass = x[..., :r], x[..., r:]
     x1, x2 = x_rot[..., : r // 2], x_rot[..., r // 2 :]
     rotated = torch.cat([-x2, x1], dim=-1)
-    cos, sin = cos[None, :, None, :].to(x.dtype), sin[None, :, None, :].to(x.dtype)
+    cos, sin = cos[..., None, :].to(x.dtype), sin[..., None, :].to(x.dtype)  # broadcast over heads
     return torch.cat([x_rot * cos + rotated * sin, x_pass], dim=-1)
 
 
@@ -108,7 +128,15 @@ class Attention(nn.Module):
         self.hook_pattern = Hook()  # [batch, head, query_pos, key_pos]
         self.hook_z = Hook()  # [batch, pos, head, d_head]
 
-    def forward(self, x: Tensor, bias: Tensor | None, rotary: tuple[Tensor, Tensor] | None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        bias: Tensor | None,
+        rotary: tuple[Tensor, Tensor] | None,
+        past: list[Tensor] | None = None,
+    ) -> Tensor:
+        """x [B, P, d_model] -> [B, P, d_model]. `past` ([] or [keys, values], each [B, H, T, Dh]) is this
+        layer's KV cache: earlier keys and values are prepended and the list is updated in place."""
         b, p, _ = x.shape
         cfg = self.cfg
         qkv = self.qkv(x).view(b, p, cfg.n_heads, 3 * cfg.d_head)
@@ -118,19 +146,25 @@ class Attention(nn.Module):
             q = self.hook_rot_q(apply_rotary(q, *rotary))
             k = self.hook_rot_k(apply_rotary(k, *rotary))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, P, Dh]
+        if past is not None:
+            if past:
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            past[:] = [k, v]
         eager = cfg.attn_impl == "eager" or self.hook_attn_scores.active or self.hook_pattern.active
         if eager:  # reference path: materialise scores and pattern so hooks can read or edit them
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(cfg.d_head)
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(cfg.d_head)  # [B, H, P, T]
             if bias is None:
                 causal = torch.ones(p, p, dtype=torch.bool, device=x.device).tril()
                 scores = scores.masked_fill(~causal, float("-inf"))
+            elif bias.dtype == torch.bool:
+                scores = scores.masked_fill(~bias, float("-inf"))
             else:
                 scores = scores + bias.to(scores.dtype)
             scores = self.hook_attn_scores(scores)
             pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(v.dtype))
             z = pattern @ v
         else:  # fast path: fused kernel, same math
-            mask = None if bias is None else bias.to(q.dtype)
+            mask = bias if bias is None or bias.dtype == torch.bool else bias.to(q.dtype)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=bias is None)
         z = self.hook_z(z.transpose(1, 2))  # [B, P, H, Dh]
         return self.out(z.reshape(b, p, -1))
@@ -164,9 +198,9 @@ class Block(nn.Module):
         self.hook_mlp_out = Hook()  # [batch, pos, d_model]
         self.hook_resid_post = Hook()  # [batch, pos, d_model]
 
-    def forward(self, resid: Tensor, bias: Tensor | None, rotary) -> Tensor:
+    def forward(self, resid: Tensor, bias: Tensor | None, rotary, past: list[Tensor] | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid), bias, rotary))
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid), bias, rotary, past))
         if self.parallel:  # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
             mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid)))
             return self.hook_resid_post(resid + attn_out + mlp_out)
@@ -254,14 +288,94 @@ class HookedTransformer(HookedModel):
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(
+        self, tokens: Tensor, attention_mask: Tensor | None = None, past_kv_cache: KVCache | None = None
+    ) -> Tensor:
+        """tokens [B, P] -> logits [B, P, d_vocab].
+
+        attention_mask [B, P] (1 = token, 0 = padding), as in Hugging Face: padding keys are never
+        attended to and rotary positions count real tokens only, so a left-padded sequence gives the
+        same logits at its real positions as the sequence alone. past_kv_cache (`init_kv_cache()`):
+        tokens continue the cached sequences; the cache is extended in place (TransformerLens'
+        `past_kv_cache`). Hooks fire on every call, with P = the new tokens only.
+        """
         self.check_tokens(tokens)
-        p, device = tokens.shape[1], tokens.device
-        bias = attention_bias(self.cfg, p, device)
+        b, p = tokens.shape
+        device = tokens.device
+        n_past = past_kv_cache.n_tokens if past_kv_cache is not None else 0
+        n_pos = n_past + p
+        if n_pos > self.cfg.n_ctx:
+            raise ValueError(
+                f"{n_past} cached + {p} new tokens exceed the model's context n_ctx={self.cfg.n_ctx}"
+            )
+        if attention_mask is not None and tuple(attention_mask.shape) != (b, p):
+            raise ValueError(
+                f"attention_mask must have the tokens' shape {(b, p)}, got {tuple(attention_mask.shape)}"
+            )
+        key_mask = attention_mask.bool() if attention_mask is not None else None
+        if past_kv_cache is not None:
+            key_mask = past_kv_cache.extend_mask(key_mask, b, p, device)
+        bias = attention_bias(self.cfg, n_pos, device, key_mask, n_past)
         rotary = None
         if self.cfg.positional == "rope" and self.cfg.rotary_dim > 0:
-            rotary = rotary_cos_sin(p, self.cfg.rotary_dim, self.cfg.rotary_base, device)
+            if key_mask is None:
+                positions = torch.arange(n_past, n_pos, device=device)  # [P]
+            else:  # a token's position = real tokens before it (Hugging Face's position_ids for padding)
+                positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, n_past:]  # [B, P]
+            rotary = rotary_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rotary_base)
         resid = self.hook_embed(self.embed(tokens))
-        for block in self.blocks:
-            resid = block(resid, bias, rotary)
+        for layer, block in enumerate(self.blocks):
+            past = past_kv_cache.layers[layer] if past_kv_cache is not None else None
+            resid = block(resid, bias, rotary, past)
+        if past_kv_cache is not None:
+            past_kv_cache.n_tokens = n_pos
         return self.unembed(self.ln_final(resid))
+
+    def init_kv_cache(self) -> KVCache:
+        """An empty key/value cache for `forward(..., past_kv_cache=)` and `generate_greedy`."""
+        return KVCache(layers=[[] for _ in range(self.cfg.n_layers)])
+
+    @torch.no_grad()
+    def generate_greedy(self, prompt: Tensor, n_new: int, attention_mask: Tensor | None = None) -> Tensor:
+        """prompt [B, P] -> [B, P + n_new]: the prompt read in one pass, then one argmax token per step
+        with a key/value cache. attention_mask [B, P] marks left padding (0), as in Hugging Face."""
+        if n_new < 0:
+            raise ValueError(f"n_new must be >= 0, got {n_new}")
+        if prompt.ndim != 2 or prompt.shape[1] < 1:
+            raise ValueError(
+                f"prompt must be [batch, pos] with at least one token, got {tuple(prompt.shape)}"
+            )
+        if prompt.shape[1] + n_new > self.cfg.n_ctx:
+            raise ValueError(
+                f"prompt of {prompt.shape[1]} tokens + {n_new} new ones exceeds the model's n_ctx={self.cfg.n_ctx}"
+            )
+        cache = self.init_kv_cache()
+        out = [prompt]
+        nxt = self(prompt, attention_mask, past_kv_cache=cache)[:, -1].argmax(-1)
+        for i in range(n_new):
+            out.append(nxt[:, None])
+            if i + 1 < n_new:
+                nxt = self(nxt[:, None], past_kv_cache=cache)[:, -1].argmax(-1)
+        return torch.cat(out, dim=1)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for the tokens read so far: `layers[l]` is [] or [keys, values],
+    each [B, H, T, Dh] (after rotary). `key_mask` [B, T] marks padding (None: there is none)."""
+
+    layers: list[list[Tensor]]
+    key_mask: Tensor | None = None
+    n_tokens: int = 0
+
+    def extend_mask(self, new: Tensor | None, b: int, p: int, device) -> Tensor | None:
+        """Append the new tokens' mask (None = all real) and return the mask over every key."""
+        if new is None and self.key_mask is None:
+            return None
+        old = self.key_mask
+        if old is None:
+            old = torch.ones(b, self.n_tokens, dtype=torch.bool, device=device)
+        if new is None:
+            new = torch.ones(b, p, dtype=torch.bool, device=device)
+        self.key_mask = torch.cat([old, new], dim=1)
+        return self.key_mask
