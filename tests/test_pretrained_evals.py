@@ -202,7 +202,9 @@ def test_batched_generation_equals_one_by_one(folders, kind):
     prompts = phonebook_prompts(model.tokenizer, [3, 4], n_per_size=3) + text_copy_prompts(
         model.tokenizer, TEXT, [12], n_per_length=3
     )
-    assert len(set(sorted(len(p.prompt_ids) for p in prompts)[:4])) > 1  # the first padded batch mixes lengths
+    assert (
+        len(set(sorted(len(p.prompt_ids) for p in prompts)[:4])) > 1
+    )  # the first padded batch mixes lengths
     batched = generate(model, prompts, batch_size=4)
     single = [generate(model, [p], batch_size=1)[0] for p in prompts]
     assert batched == single

@@ -13,6 +13,7 @@ previous checkpoint intact, never a half-written one.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -211,6 +212,13 @@ HUB_PATTERNS = [
     "merges.txt",
 ]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+TOKENIZER_PATTERNS = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -234,15 +242,20 @@ def load_tokenizer(folder: str | Path, tokenizer_source: str | Path | None = Non
     return AutoTokenizer.from_pretrained(str(source), trust_remote_code=False)
 
 
-def download_from_hub(name: str) -> Path:
+def download_from_hub(name: str, tokenizer_only: bool = False) -> Path:
     """A Hugging Face hub name -> the local snapshot folder (config, weights, tokenizer files only).
 
-    Honors HF_HUB_OFFLINE (then only the local cache is used). Raises FileNotFoundError with what to do
-    when the model is neither cached nor downloadable.
+    `tokenizer_only`: fetch config and tokenizer files but no weights (for `tokenizer=` sources such
+    as EleutherAI/gpt-neox-20b, whose weights are 40 GB). Honors HF_HUB_OFFLINE (then only the local
+    cache is used). Raises FileNotFoundError with what to do when the model is neither cached nor
+    downloadable.
     """
     try:
         from huggingface_hub import snapshot_download
 
+        if tokenizer_only:
+            patterns = ["config.json", *TOKENIZER_PATTERNS]
+            return Path(snapshot_download(name, allow_patterns=patterns, local_files_only=_offline()))
         # safetensors first; pytorch_model.bin only for repositories that have no safetensors (mamba-ssm)
         safe = [p for p in HUB_PATTERNS if p != "pytorch_model.bin"]
         folder = Path(snapshot_download(name, allow_patterns=safe, local_files_only=_offline()))
@@ -258,6 +271,35 @@ def download_from_hub(name: str) -> Path:
             f"the folder DIR to interp.load; a folder needs config.json, weights (*.safetensors or "
             f"pytorch_model.bin) and, for text evaluations, tokenizer files"
         ) from e
+
+
+def resolve_folder(path: str | Path) -> Path:
+    """A model argument -> a local folder: an existing path, or a hub name fetched by `download_from_hub`."""
+    folder = Path(path)
+    if not folder.exists():
+        if isinstance(path, str) and _HUB_ID.match(path):
+            folder = download_from_hub(path)
+        else:
+            raise FileNotFoundError(
+                f"{path} does not exist; pass a checkpoint folder written by `interp train`, a local Hugging "
+                f"Face model folder, or a Hugging Face hub name such as EleutherAI/pythia-160m"
+            )
+    if not folder.is_dir():
+        raise ValueError(f"{path} is a file; a model is a folder with config.json and weights")
+    return folder
+
+
+def tokenizer_for(folder: Path | None, tokenizer: str | Path | None = None):
+    """The tokenizer of the model in `folder`, or the one in `tokenizer` (a folder or a hub name) if given.
+
+    A hub name fetches tokenizer files only. None when neither `tokenizer` is given nor `folder` has one.
+    """
+    if tokenizer is None:
+        return None if folder is None else load_tokenizer(folder)
+    source = Path(tokenizer)
+    if not source.exists() and isinstance(tokenizer, str) and _HUB_ID.match(tokenizer):
+        source = download_from_hub(tokenizer, tokenizer_only=True)
+    return load_tokenizer(folder, tokenizer_source=source)
 
 
 def load_hf_folder(folder: Path, device: str | torch.device = "cpu") -> HookedModel:
@@ -297,26 +339,144 @@ def load(
     none); for interp checkpoints the task and training settings are in `model.checkpoint`.
 
     `tokenizer`: a folder or hub name to take the tokenizer from instead, for checkpoints that ship
-    without one (mamba-ssm's `state-spaces/mamba-*` use "EleutherAI/gpt-neox-20b").
+    without one (mamba-ssm's `state-spaces/mamba-*` use "EleutherAI/gpt-neox-20b"); a hub name fetches
+    its tokenizer files only.
     """
-    folder = Path(path)
-    if not folder.exists():
-        if isinstance(path, str) and _HUB_ID.match(path):
-            folder = download_from_hub(path)
-        else:
-            raise FileNotFoundError(
-                f"{path} does not exist; pass a checkpoint folder written by `interp train`, a local Hugging "
-                f"Face model folder, or a Hugging Face hub name such as EleutherAI/pythia-160m"
-            )
-    if not folder.is_dir():
-        raise ValueError(f"{path} is a file; a model is a folder with config.json and weights")
+    folder = resolve_folder(path)
     config = read_config(folder)
     if "arch" in config:
         return load_checkpoint(folder, device)
     model = load_hf_folder(folder, device)
     if tokenizer is not None:
-        source = Path(tokenizer)
-        if not source.exists() and isinstance(tokenizer, str) and _HUB_ID.match(tokenizer):
-            source = download_from_hub(tokenizer)
-        model.tokenizer = load_tokenizer(folder, tokenizer_source=source)
+        model.tokenizer = tokenizer_for(folder, tokenizer)
     return model
+
+
+# ---- nnsight ----------------------------------------------------------------------------------------
+
+
+def hf_mamba_config(cfg, tokenizer=None):
+    """Our Mamba `MambaConfig` -> the equivalent `transformers.MambaConfig` (special tokens from `tokenizer`)."""
+    from transformers import MambaConfig as HFMambaConfig
+
+    tokens = {}
+    if tokenizer is not None:
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            if getattr(tokenizer, name, None) is not None:
+                tokens[name] = getattr(tokenizer, name)
+    return HFMambaConfig(
+        vocab_size=cfg.d_vocab,
+        hidden_size=cfg.d_model,
+        state_size=cfg.d_state,
+        num_hidden_layers=cfg.n_layers,
+        layer_norm_epsilon=cfg.rms_norm_eps,
+        expand=cfg.expand,
+        intermediate_size=cfg.d_inner,
+        conv_kernel=cfg.d_conv,
+        use_bias=cfg.bias,
+        use_conv_bias=cfg.conv_bias,
+        time_step_rank=cfg.rank,
+        time_step_scale=cfg.dt_scale,
+        time_step_min=cfg.dt_min,
+        time_step_max=cfg.dt_max,
+        time_step_floor=cfg.dt_init_floor,
+        tie_word_embeddings=cfg.tie_embeddings,
+        **tokens,
+    )
+
+
+def hf_mamba_from_folder(folder: str | Path, tokenizer=None):
+    """A mamba-ssm folder (config.json + pytorch_model.bin, which transformers cannot read) -> an equivalent
+    `transformers.MambaForCausalLM`, through `load_hf_mamba` (our HookedMamba's state dict uses Hugging Face names).
+    """
+    from transformers import MambaForCausalLM
+
+    from interp.models.mamba import load_hf_mamba
+
+    ours = load_hf_mamba(Path(folder))
+    config = hf_mamba_config(ours.cfg, tokenizer)
+    with torch.device("meta"):  # no random initialisation: every weight comes from the checkpoint
+        hf = MambaForCausalLM(config)
+    hf.load_state_dict(ours.state_dict(), strict=True, assign=True)
+    if config.tie_word_embeddings:
+        hf.lm_head.weight = hf.backbone.embeddings.weight
+    left = [name for name, t in [*hf.named_parameters(), *hf.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"{folder}: no weights in the checkpoint for {left[:5]}")
+    hf.name_or_path = hf.config.name_or_path = str(folder)
+    return hf.eval()
+
+
+def _nnsight_causal_lm():
+    """(class, extra keyword arguments) of nnsight's causal language model wrapper, or a clear ImportError."""
+    try:
+        import nnsight
+    except ImportError as e:
+        raise ImportError(
+            "interp.language_model needs nnsight, which interp does not install by default: "
+            "pip install nnsight (or pip install -e '.[dev]')"
+        ) from e
+    # nnsight >= 0.8: TransformersModel(..., task="text-generation"); LanguageModel is its deprecated alias
+    model_cls = getattr(nnsight, "TransformersModel", None)
+    if model_cls is not None and "task" in inspect.signature(model_cls.__init__).parameters:
+        return model_cls, {"task": "text-generation"}
+    return nnsight.LanguageModel, {}
+
+
+def language_model(path: str | Path, tokenizer: str | Path | None = None, *, remote: bool = False, **kwargs):
+    """The checkpoint `interp.load(path)` reads, as an nnsight language model (with its tokenizer).
+
+    `path` is resolved exactly as by `interp.load`: a local Hugging Face folder (GPT-NeoX/Pythia, Mamba in
+    the Hugging Face format, or mamba-ssm's config.json + pytorch_model.bin, converted to
+    `transformers.MambaForCausalLM` since transformers cannot read it), or a hub name fetched with
+    `download_from_hub` (HF_HUB_OFFLINE=1: local cache only). `tokenizer`: a folder or hub name to take the
+    tokenizer from (needed for mamba-ssm checkpoints, which ship without one). The weights are loaded now,
+    in float32 like `interp.load` (Pythia's hub weights are float16) unless `dtype=` says otherwise. Other
+    keyword arguments go to nnsight (e.g. `device_map="auto"`).
+
+    The object is nnsight's `TransformersModel(..., task="text-generation")` (called `LanguageModel`
+    before nnsight 0.8, where that name became a deprecated subclass); module names are Hugging Face's:
+    `model.gpt_neox.layers[l].attention.dense`, `model.backbone.layers[l].mixer`.
+
+    `remote=True`: a model to run on NDIF (`model.trace(..., remote=True)`). `path` must then be a hub name
+    that NDIF hosts; nothing but its config and tokenizer is fetched, the weights stay on the server.
+    nnsight is not a dependency of interp: `pip install nnsight`.
+    """
+    model_cls, task = _nnsight_causal_lm()
+    if remote:
+        if Path(path).exists() or not (isinstance(path, str) and _HUB_ID.match(path)):
+            raise ValueError(
+                f"remote=True runs the model on NDIF, which only runs hub models it hosts; {str(path)!r} is not "
+                "a Hugging Face hub name (such as 'EleutherAI/pythia-12b'). Local folders run locally: "
+                "leave remote=False"
+            )
+        # the tokenizer is loaded here, also because nnsight 0.8.1's lazy (meta) build cannot find it by
+        # itself under transformers 5 ("Impossible to guess which tokenizer to use")
+        kwargs.setdefault("tokenizer", tokenizer_for(None, path if tokenizer is None else tokenizer))
+        return model_cls(path, **task, **kwargs)
+    folder = resolve_folder(path)
+    config = read_config(folder)
+    if "arch" in config:
+        raise ValueError(
+            f"{path} is an interp checkpoint ({config['arch']}), which transformers cannot read; wrap the "
+            "loaded model instead: nnsight.NNsight(interp.load(path))"
+        )
+    model_type = config.get("model_type")
+    mamba_ssm = model_type is None and "d_model" in config and "n_layer" in config
+    if model_type not in ("gpt_neox", "mamba") and not mamba_ssm:
+        raise ValueError(
+            f"{folder} holds a model of type {model_type!r}; interp.language_model reads what interp.load "
+            "reads: GPT-NeoX (Pythia) and Mamba (Hugging Face or mamba-ssm format). For other models use "
+            "nnsight directly"
+        )
+    tok = tokenizer_for(folder, tokenizer)
+    if tok is None:
+        raise ValueError(
+            f"{folder} has no tokenizer files; pass tokenizer= (a folder or hub name; mamba-ssm checkpoints "
+            "use 'EleutherAI/gpt-neox-20b')"
+        )
+    dtype = kwargs.pop("dtype", kwargs.pop("torch_dtype", torch.float32))
+    if mamba_ssm:
+        return model_cls(hf_mamba_from_folder(folder, tok).to(dtype), tokenizer=tok, **task, **kwargs)
+    kwargs.setdefault("dispatch", True)
+    return model_cls(str(folder), tokenizer=tok, dtype=dtype, **task, **kwargs)
