@@ -32,7 +32,7 @@ def workloads(tokenizer, quick: bool) -> list[tuple[str, list]]:
     if quick:
         return [
             ("copy 16", text_copy_prompts(tokenizer, text, [16], n_per_length=8)),
-            ("phone book, padded", phonebook_prompts(tokenizer, [4, 8], n_per_size=4)),
+            ("phone book, padded", phonebook_prompts(tokenizer, [3, 4], n_per_size=2)),
         ]
     return [
         ("copy 32", text_copy_prompts(tokenizer, text, [32], n_per_length=16)),

@@ -24,6 +24,7 @@ def run_python():
 
     def run(*args: str, timeout: int = 180) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        env.setdefault("OMP_NUM_THREADS", "1")  # smoke runs: two threads beside other work thrash the cores
         return subprocess.run(
             [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
         )

@@ -328,7 +328,7 @@ def test_hub_name_goes_through_snapshot_download(monkeypatch, folders):
 
 @pytest.mark.slow
 def test_generation_benchmark_quick(run_python):
-    proc = run_python("-m", "benchmarks.pretrained_generation", "--quick", "--no-memory", timeout=120)
+    proc = run_python("-m", "benchmarks.pretrained_generation", "--quick", "--no-memory", timeout=240)
     assert proc.returncode == 0, proc.stderr
     assert "\n|--" in proc.stdout and "ratio interp / Hugging Face" in proc.stdout, proc.stdout
     assert "100.0%" in proc.stdout  # greedy tokens agree with Hugging Face on the tiny models
