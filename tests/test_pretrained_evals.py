@@ -372,6 +372,7 @@ def test_kv_cache_decoding_equals_full_recomputation(positional, parallel):
     with torch.no_grad():
         pieces = [model(seq[:, a:b], past_kv_cache=cache) for a, b in [(0, 5), (5, 6), (6, 14), (14, 21)]]
         torch.testing.assert_close(torch.cat(pieces, dim=1), model(seq), atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(seq, logits_to_keep=3), model(seq)[:, -3:], atol=1e-6, rtol=0)
     assert cache.n_tokens == 21 and cache.layers[0][0].shape == (3, 4, 21, 8)
 
 
@@ -418,6 +419,8 @@ def test_left_padding_gives_each_sequence_its_own_mamba_state():
             torch.testing.assert_close(cache.ssm[:, row], alone.ssm[:, 0], atol=1e-5, rtol=0)
             torch.testing.assert_close(cache.conv[:, row], alone.conv[:, 0], atol=1e-5, rtol=0)
         assert not torch.allclose(model(tokens)[1, -2:], padded[1, -2:], atol=1e-3)
+        last = model(tokens, attention_mask=mask, logits_to_keep=2)
+        torch.testing.assert_close(last, padded[:, -2:], atol=1e-6, rtol=0)
     new = model.generate_greedy(tokens, 6, attention_mask=mask)[:, tokens.shape[1] :]
     for row, s in enumerate(seqs):
         assert new[row].equal(model.generate_greedy(s[None], 6)[0, len(s) :])

@@ -349,9 +349,15 @@ class HookedMamba(HookedModel):
 
     # ---- full-sequence forward ------------------------------------------------------------------
     def forward(
-        self, tokens: Tensor, attention_mask: Tensor | None = None, return_cache: bool = False
+        self,
+        tokens: Tensor,
+        attention_mask: Tensor | None = None,
+        return_cache: bool = False,
+        logits_to_keep: int = 0,
     ) -> Tensor | tuple[Tensor, MambaCache]:
         """tokens [B, P] -> logits [B, P, d_vocab] (and, with return_cache, the state after the last token).
+
+        logits_to_keep > 0: logits of the last `logits_to_keep` positions only (as Hugging Face's).
 
         attention_mask [B, P] (1 = token, 0 = left padding), as in Hugging Face: the state stays zero
         through the padding, so each sequence's real positions get the logits it gets alone.
@@ -369,6 +375,8 @@ class HookedMamba(HookedModel):
         layer_states: list | None = [] if return_cache else None
         for block in self.blocks:
             x = block(x, layer_states, mask)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
         logits = self.lm_head(self.ln_final(x).to(self.lm_head.weight.dtype)).float()
         if not return_cache:
             return logits
@@ -439,7 +447,7 @@ class HookedMamba(HookedModel):
             raise ValueError(
                 f"prompt of {prompt.shape[1]} tokens + {n_new} new ones exceeds the model's n_ctx={self.cfg.n_ctx}"
             )
-        logits, cache = self(prompt, attention_mask, return_cache=True)
+        logits, cache = self(prompt, attention_mask, return_cache=True, logits_to_keep=1)
         out = [prompt]
         nxt = logits[:, -1].argmax(-1)
         for i in range(n_new):

@@ -289,9 +289,13 @@ class HookedTransformer(HookedModel):
             nn.init.zeros_(module.bias)
 
     def forward(
-        self, tokens: Tensor, attention_mask: Tensor | None = None, past_kv_cache: KVCache | None = None
+        self,
+        tokens: Tensor,
+        attention_mask: Tensor | None = None,
+        past_kv_cache: KVCache | None = None,
+        logits_to_keep: int = 0,
     ) -> Tensor:
-        """tokens [B, P] -> logits [B, P, d_vocab].
+        """tokens [B, P] -> logits [B, P, d_vocab] (the last `logits_to_keep` positions only when > 0).
 
         attention_mask [B, P] (1 = token, 0 = padding), as in Hugging Face: padding keys are never
         attended to and rotary positions count real tokens only, so a left-padded sequence gives the
@@ -329,6 +333,8 @@ class HookedTransformer(HookedModel):
             resid = block(resid, bias, rotary, past)
         if past_kv_cache is not None:
             past_kv_cache.n_tokens = n_pos
+        if logits_to_keep:  # as Hugging Face's: generation needs the last position, not [P, d_vocab]
+            resid = resid[:, -logits_to_keep:]
         return self.unembed(self.ln_final(resid))
 
     def init_kv_cache(self) -> KVCache:
@@ -351,7 +357,7 @@ class HookedTransformer(HookedModel):
             )
         cache = self.init_kv_cache()
         out = [prompt]
-        nxt = self(prompt, attention_mask, past_kv_cache=cache)[:, -1].argmax(-1)
+        nxt = self(prompt, attention_mask, past_kv_cache=cache, logits_to_keep=1)[:, -1].argmax(-1)
         for i in range(n_new):
             out.append(nxt[:, None])
             if i + 1 < n_new:
