@@ -63,6 +63,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-examples", type=int, default=None, help="qa: use the first N questions")
     p.add_argument("--max-new-tokens", type=int, default=16, help="qa: tokens generated per answer")
     p.add_argument("--n", type=int, default=20, help="prompts per size / length (default 20)")
+    p.add_argument(
+        "--too-long",
+        choices=("skip", "raise"),
+        default="skip",
+        help="prompts longer than a model's context (Pythia: 2,048 tokens, about 180 phone-book entries): "
+        "skip them for that model and say so (default), or stop with an error",
+    )
     p.add_argument("--tokenizer", default=None, help="tokenizer folder or hub name for models without one")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -72,10 +79,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def full_xs(args: argparse.Namespace) -> list[int]:
+    """The x values asked for (book sizes or passage lengths)."""
+    return parse_int_list(args.sizes if args.task == "phonebook" else args.lengths)
+
+
 def build_prompts(args: argparse.Namespace, tokenizer, n_ctx: int | None) -> list:
     if args.task == "phonebook":
         return phonebook_prompts(
-            tokenizer, parse_int_list(args.sizes), args.n, args.n_shots, args.seed, n_ctx
+            tokenizer, parse_int_list(args.sizes), args.n, args.n_shots, args.seed, n_ctx, args.too_long
         )
     if args.task == "copy_text":
         if args.text is None:
@@ -89,10 +101,11 @@ def build_prompts(args: argparse.Namespace, tokenizer, n_ctx: int | None) -> lis
             n_given=args.n_given,
             seed=args.seed,
             n_ctx=n_ctx,
+            too_long=args.too_long,
         )
     if args.squad is None:
         raise ValueError("--task qa needs --squad FILE (SQuAD-style JSON)")
-    return qa_prompts(tokenizer, args.squad, args.max_new_tokens, args.max_examples, n_ctx, too_long="skip")
+    return qa_prompts(tokenizer, args.squad, args.max_new_tokens, args.max_examples, n_ctx, args.too_long)
 
 
 def plot(summary: pd.DataFrame, task: str) -> plt.Figure:
@@ -130,6 +143,16 @@ def main(argv=None) -> int:
             prompts = build_prompts(args, model.tokenizer, getattr(model.cfg, "n_ctx", None))
             if not prompts:
                 raise ValueError(f"no prompts fit {name}'s context; use smaller sizes/lengths")
+            expected = len(full_xs(args)) * args.n if args.task != "qa" else len(prompts)
+            if len(prompts) < expected:
+                gone = sorted(set(full_xs(args)) - {p.x for p in prompts})
+                print(
+                    f"{name}: skipped {expected - len(prompts)} of {expected} prompts, longer than its context "
+                    f"of {model.cfg.n_ctx} tokens"
+                    + (f" (all of x={','.join(map(str, gone))})" if gone else "")
+                    + "; --too-long raise stops instead",
+                    file=sys.stderr,
+                )
             start = time.perf_counter()
             table = run_eval(model, prompts, batch_size=args.batch_size, name=name, progress=not args.quiet)
             seconds = time.perf_counter() - start

@@ -295,6 +295,27 @@ def test_script_runs_end_to_end(folders, script, task, extra, tmp_path):
     assert (out / f"{task}.png").stat().st_size > 0 and (out / "predictions.csv").exists()
 
 
+def test_script_skips_what_does_not_fit_one_model(script, folders, tokenizer, tmp_path, capsys):
+    """A short-context transformer drops the long passages (and says so); Mamba still gets them."""
+    from interp.models.tiny_pretrained import save_pythia
+
+    save_pythia(tmp_path / "short", tokenizer, n_ctx=64)
+    text = str(folders["pythia"].parent / "text.txt")
+    args = [f"short={tmp_path / 'short'}", f"mamba={folders['mamba']}", "--task", "copy_text", "--text", text]
+    args += ["--lengths", "8,40", "--n", "2", "--quiet", "--out", str(tmp_path / "out")]
+    assert script.main(args) == 0
+    assert "short: skipped 2 of 4 prompts, longer than its context of 64 tokens (all of x=40)" in (
+        capsys.readouterr().err
+    )
+    table = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert sorted(table[table.model == "short"].x) == [8] and sorted(table[table.model == "mamba"].x) == [
+        8,
+        40,
+    ]
+    assert script.main([*args, "--too-long", "raise"]) == 2
+    assert "exceeds the model's context of 64 tokens" in capsys.readouterr().err
+
+
 def test_script_help_and_errors(script, folders, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         script.main(["--help"])

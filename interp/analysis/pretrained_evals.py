@@ -241,6 +241,7 @@ def text_copy_prompts(
     n_given: int = 2,
     seed: int = 0,
     n_ctx: int | None = None,
+    too_long: str = "raise",
 ) -> list[EvalPrompt]:
     """Copy prompts from natural `text`: a passage of L tokens, `separator`, then its first `n_given` tokens.
 
@@ -251,6 +252,8 @@ def text_copy_prompts(
     >>> prompts = text_copy_prompts(tokenizer, open("book.txt").read(), [50, 100], n_per_length=10)
     >>> p = prompts[0]; p.x, len(p.prompt_ids)          # (50, 50 + len(sep tokens) + 2)
     """
+    if too_long not in ("raise", "skip"):
+        raise ValueError(f"too_long must be 'raise' or 'skip', got {too_long!r}")
     ids = encode(tokenizer, text)
     sep = encode(tokenizer, separator)
     out = []
@@ -259,6 +262,8 @@ def text_copy_prompts(
             raise ValueError(f"passage length {length} must exceed n_given={n_given}")
         if length > len(ids):
             raise ValueError(f"the text has {len(ids)} tokens, fewer than a passage of {length}")
+        if too_long == "skip" and n_ctx is not None and 2 * length + len(sep) > n_ctx:
+            continue
         check_fits(length + len(sep) + n_given, length - n_given, n_ctx, f"passage of {length} tokens")
         rng = random.Random(f"{seed}-{length}")
         for _ in range(n_per_length):
