@@ -50,6 +50,7 @@ import torch
 
 from benchmarks import common
 from interp.analysis.pretrained_evals import EvalPrompt, generate, phonebook_entries, phonebook_prompts
+from interp.models.tiny_pretrained import make_tokenizer
 
 # ---- model presets -----------------------------------------------------------------------------------
 # Published architectures, checked against:
@@ -159,25 +160,12 @@ def flops(preset: Preset, n_params_blocks: int, vocab: int, n_prompt: int, n_new
 
 def neox_like_tokenizer(vocab_size: int = 1500):
     """Byte-level BPE with GPT-NeoX's pre-tokenizer, trained on phone-book text (see the module doc)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     rng = random.Random(1)
     books = []
     for _ in range(60):
         entries = phonebook_entries(40, seed=rng.randrange(2**31))
         books.append("\n".join(f"{name}: {number}" for name, number in entries) + "\n\n")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(books, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    return make_tokenizer(vocab_size, corpus=books)
 
 
 def load_tokenizer(spec: str):
@@ -185,8 +173,6 @@ def load_tokenizer(spec: str):
     if spec == "neox-like":
         return neox_like_tokenizer(), "neox-like (local BPE, GPT-NeoX pre-tokenizer, lengths within 1%)"
     if spec == "tiny":
-        from interp.models.tiny_pretrained import make_tokenizer
-
         return make_tokenizer(), "tiny (interp.models.tiny_pretrained, ~2.4x GPT-NeoX's lengths)"
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 

@@ -47,8 +47,9 @@ SQUAD = {
 }
 
 
-def make_tokenizer(vocab_size: int = 320):
-    """A byte-level BPE tokenizer trained on CORPUS (every string is encodable), as PreTrainedTokenizerFast."""
+def make_tokenizer(vocab_size: int = 320, corpus: list[str] | None = None):
+    """A byte-level BPE tokenizer (GPT-NeoX's pre-tokenizer) trained on `corpus` (default CORPUS), as
+    PreTrainedTokenizerFast; every string is encodable."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -61,7 +62,7 @@ def make_tokenizer(vocab_size: int = 320):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer)
+    tok.train_from_iterator(CORPUS if corpus is None else corpus, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
 
 
