@@ -38,6 +38,7 @@ from interp.analysis.pretrained_evals import (  # noqa: E402
     TASKS,
     phonebook_prompts,
     qa_prompts,
+    read_squad,
     run_eval,
     summarize,
     text_copy_prompts,
@@ -143,9 +144,12 @@ def main(argv=None) -> int:
             prompts = build_prompts(args, model.tokenizer, getattr(model.cfg, "n_ctx", None))
             if not prompts:
                 raise ValueError(f"no prompts fit {name}'s context; use smaller sizes/lengths")
-            expected = len(full_xs(args)) * args.n if args.task != "qa" else len(prompts)
+            if args.task == "qa":  # questions with an answer, as qa_prompts reads them
+                expected = len(read_squad(args.squad)[: args.max_examples])
+            else:
+                expected = len(full_xs(args)) * args.n
             if len(prompts) < expected:
-                gone = sorted(set(full_xs(args)) - {p.x for p in prompts})
+                gone = sorted(set(full_xs(args)) - {p.x for p in prompts}) if args.task != "qa" else []
                 print(
                     f"{name}: skipped {expected - len(prompts)} of {expected} prompts, longer than its context "
                     f"of {model.cfg.n_ctx} tokens"

@@ -314,6 +314,19 @@ def test_script_skips_what_does_not_fit_one_model(script, folders, tokenizer, tm
     ]
     assert script.main([*args, "--too-long", "raise"]) == 2
     assert "exceeds the model's context of 64 tokens" in capsys.readouterr().err
+    squad = str(folders["pythia"].parent / "squad.json")
+    qa = [
+        f"short={tmp_path / 'short'}",
+        "--task",
+        "qa",
+        "--squad",
+        squad,
+        "--quiet",
+        "--out",
+        str(tmp_path / "qa"),
+    ]
+    assert script.main(qa) == 0  # QA prompts of 52, 50 and 46 tokens + 16 new ones: two do not fit
+    assert "short: skipped 2 of 3 prompts, longer than its context of 64 tokens;" in capsys.readouterr().err
 
 
 def test_script_help_and_errors(script, folders, tmp_path, capsys):
@@ -422,6 +435,35 @@ def test_left_padding_gives_each_sequence_its_own_logits(positional, parallel, a
     new = model.generate_greedy(tokens, 6, attention_mask=mask)[:, tokens.shape[1] :]
     for row, s in enumerate(seqs):
         assert new[row].equal(model.generate_greedy(s[None], 6)[0, len(s) :])
+
+
+def test_right_padding_and_bad_arguments_are_refused():
+    from interp.models import build_model
+
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    tokens = torch.randint(1, 50, (2, 4))
+    torch.manual_seed(0)
+    mamba = build_model("mamba", d_vocab=50, d_model=32, n_layers=2, d_state=8).eval()
+    for model in (random_transformer("rope", True), mamba):
+        with pytest.raises(ValueError, match="left padding"):
+            model.generate_greedy(tokens, 3, attention_mask=right)
+        with pytest.raises(ValueError, match="logits_to_keep"):
+            model(tokens, logits_to_keep=-1)
+    with pytest.raises(ValueError, match="left padding"):
+        mamba(tokens, attention_mask=right, return_cache=True)
+
+
+def test_padded_batches_respect_the_context():
+    """A short prompt wanting many tokens and a long one wanting few fit alone but not padded together."""
+    from interp.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("transformer", d_vocab=50, d_model=32, n_heads=4, n_layers=2, n_ctx=20, init_std=0.3)
+    a = EvalPrompt("copy_text", list(range(1, 16)), ["-"], 5, 15, answer_ids=[0] * 5)
+    b = EvalPrompt("copy_text", list(range(1, 6)), ["-"], 15, 5, answer_ids=[0] * 15)
+    together = generate(model.eval(), [a, b], batch_size=2)
+    assert together == [generate(model, [a])[0], generate(model, [b])[0]]
+    assert [len(c) for c in together] == [5, 15]
 
 
 def test_left_padding_gives_each_sequence_its_own_mamba_state():

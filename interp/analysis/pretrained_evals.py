@@ -464,9 +464,16 @@ def generate(
     for i, p in enumerate(prompts):
         check_fits(len(p.prompt_ids), p.max_new_tokens, n_ctx, f"prompt {i} ({p.task}, x={p.x})")
     pad = padding and supports_padding(model)
-    if pad:
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].prompt_ids))
-        batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if pad:  # in order of length; a batch closes when full or when its padded width would not fit n_ctx
+        batches, n_new = [], 0  # n_new: the most new tokens the open batch asks for
+        for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i].prompt_ids)):
+            width, wanted = len(prompts[i].prompt_ids), prompts[i].max_new_tokens  # the longest so far
+            too_wide = n_ctx is not None and width + max(n_new, wanted) > n_ctx
+            if not batches or len(batches[-1]) == batch_size or too_wide:
+                batches.append([])
+                n_new = 0
+            batches[-1].append(i)
+            n_new = max(n_new, wanted)
     else:
         by_length: dict[int, list[int]] = collections.defaultdict(list)
         for i, p in enumerate(prompts):

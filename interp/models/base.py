@@ -101,6 +101,23 @@ class HookedModel(HookedRootModule):
                 f"min {int(tokens.min())}, max {int(tokens.max())}"
             )
 
+    @staticmethod
+    def check_left_padding(attention_mask: Tensor | None) -> None:
+        """Generation reads each sequence's last position, so padding must come first (left padding)."""
+        if attention_mask is None:
+            return
+        mask = attention_mask.bool()
+        if not bool(mask[:, -1].all()) or bool((mask[:, 1:] < mask[:, :-1]).any()):
+            raise ValueError(
+                "attention_mask must be left padding (0s, then 1s, ending with a token) for generation and "
+                "for a returned cache; right-padded rows would continue from a padding position"
+            )
+
+    @staticmethod
+    def check_logits_to_keep(n: int) -> None:
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0 = every position), got {n!r}")
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

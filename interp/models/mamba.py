@@ -363,6 +363,9 @@ class HookedMamba(HookedModel):
         through the padding, so each sequence's real positions get the logits it gets alone.
         """
         self.check_tokens(tokens)
+        self.check_logits_to_keep(logits_to_keep)
+        if return_cache:
+            self.check_left_padding(attention_mask)
         mask = None
         if attention_mask is not None:
             if tuple(attention_mask.shape) != tuple(tokens.shape):

@@ -304,6 +304,7 @@ class HookedTransformer(HookedModel):
         `past_kv_cache`). Hooks fire on every call, with P = the new tokens only.
         """
         self.check_tokens(tokens)
+        self.check_logits_to_keep(logits_to_keep)
         b, p = tokens.shape
         device = tokens.device
         n_past = past_kv_cache.n_tokens if past_kv_cache is not None else 0
@@ -355,6 +356,7 @@ class HookedTransformer(HookedModel):
             raise ValueError(
                 f"prompt of {prompt.shape[1]} tokens + {n_new} new ones exceeds the model's n_ctx={self.cfg.n_ctx}"
             )
+        self.check_left_padding(attention_mask)
         cache = self.init_kv_cache()
         out = [prompt]
         nxt = self(prompt, attention_mask, past_kv_cache=cache, logits_to_keep=1)[:, -1].argmax(-1)
