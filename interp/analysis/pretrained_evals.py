@@ -396,12 +396,10 @@ def first_line(text: str) -> str:
 # ---- generation and scoring ------------------------------------------------------------------------
 
 
-def supports_padding(model) -> bool:
-    """True for models whose `generate_greedy` takes an attention mask (our transformer and Mamba)."""
-    import inspect
-
-    greedy = getattr(model, "generate_greedy", None)
-    return greedy is not None and "attention_mask" in inspect.signature(greedy).parameters
+def decodes_incrementally(model) -> bool:
+    """True for models with `prefill`/`decode_step` (our transformer and Mamba): their `generate_greedy`
+    reads the prompt once, and they take an attention mask, so prompts of unequal length can be padded."""
+    return hasattr(model, "prefill")
 
 
 @torch.no_grad()
@@ -410,15 +408,13 @@ def greedy_continue(
 ) -> Tensor:
     """tokens [B, P] (left-padded where attention_mask is 0) -> the n_new greedy tokens [B, n_new].
 
-    Models with `generate_greedy` use it: our transformer reads the prompt once and decodes with a
-    key/value cache; Mamba reads it once and decodes in its O(1)-memory step mode. kv_cache=False, or
-    a model without `generate_greedy`, re-runs the whole sequence for each new token (the reference).
+    Models that decode incrementally use `generate_greedy`: our transformer reads the prompt once and
+    decodes with a key/value cache; Mamba reads it once and decodes in its O(1)-memory step mode.
+    kv_cache=False, or any other model (the LSTM), re-runs the whole sequence per new token (the reference).
     """
     if n_new == 0:
         return tokens[:, :0]
-    if kv_cache and hasattr(model, "generate_greedy"):
-        if attention_mask is None:
-            return model.generate_greedy(tokens, n_new)[:, tokens.shape[1] :]
+    if kv_cache and decodes_incrementally(model):
         return model.generate_greedy(tokens, n_new, attention_mask=attention_mask)[:, tokens.shape[1] :]
     seq, mask = tokens, attention_mask
     for _ in range(n_new):
@@ -463,7 +459,7 @@ def generate(
     n_ctx = getattr(model.cfg, "n_ctx", None)
     for i, p in enumerate(prompts):
         check_fits(len(p.prompt_ids), p.max_new_tokens, n_ctx, f"prompt {i} ({p.task}, x={p.x})")
-    pad = padding and supports_padding(model)
+    pad = padding and decodes_incrementally(model)
     if pad:  # in order of length; a batch closes when full or when its padded width would not fit n_ctx
         batches, n_new = [], 0  # n_new: the most new tokens the open batch asks for
         for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i].prompt_ids)):

@@ -101,6 +101,35 @@ class HookedModel(HookedRootModule):
                 f"min {int(tokens.min())}, max {int(tokens.max())}"
             )
 
+    @torch.no_grad()
+    def generate_greedy(self, prompt: Tensor, n_new: int, attention_mask: Tensor | None = None) -> Tensor:
+        """prompt [B, P] -> [B, P + n_new]: the prompt read in one pass (`prefill`), then one argmax token
+        per step (`decode_step`: a key/value cache for the transformer, step mode for Mamba).
+        attention_mask [B, P] marks left padding (0), as in Hugging Face."""
+        if not hasattr(self, "prefill"):
+            raise NotImplementedError(
+                f"{type(self).__name__} has no incremental decoding (prefill/decode_step)"
+            )
+        if n_new < 0:
+            raise ValueError(f"n_new must be >= 0, got {n_new}")
+        if prompt.ndim != 2 or prompt.shape[1] < 1:
+            raise ValueError(
+                f"prompt must be [batch, pos] with at least one token, got {tuple(prompt.shape)}"
+            )
+        n_ctx = getattr(self.cfg, "n_ctx", None)
+        if n_ctx is not None and prompt.shape[1] + n_new > n_ctx:
+            raise ValueError(
+                f"prompt of {prompt.shape[1]} tokens + {n_new} new ones exceeds the model's n_ctx={n_ctx}"
+            )
+        self.check_left_padding(attention_mask)
+        logits, state = self.prefill(prompt, attention_mask)
+        out = [prompt]
+        for i in range(n_new):
+            out.append(logits.argmax(-1)[:, None])
+            if i + 1 < n_new:
+                logits, state = self.decode_step(out[-1][:, 0], state)
+        return torch.cat(out, dim=1)
+
     @staticmethod
     def check_left_padding(attention_mask: Tensor | None) -> None:
         """Generation reads each sequence's last position, so padding must come first (left padding)."""

@@ -436,29 +436,14 @@ class HookedMamba(HookedModel):
         logits = self.lm_head(self.ln_final(x)).float()
         return logits, MambaCache(conv=torch.stack(convs), ssm=torch.stack(ssms), n_tokens=cache.n_tokens + 1)
 
-    @torch.no_grad()
-    def generate_greedy(self, prompt: Tensor, n_new: int, attention_mask: Tensor | None = None) -> Tensor:
-        """prompt [B, P] -> [B, P + n_new]: the prompt read in one forward pass, then argmax tokens one step
-        at a time. attention_mask [B, P] marks left padding (0), as in Hugging Face."""
-        if n_new < 0:
-            raise ValueError(f"n_new must be >= 0, got {n_new}")
-        if prompt.ndim != 2 or prompt.shape[1] < 1:
-            raise ValueError(
-                f"prompt must be [batch, pos] with at least one token, got {tuple(prompt.shape)}"
-            )
-        if self.cfg.n_ctx is not None and prompt.shape[1] + n_new > self.cfg.n_ctx:
-            raise ValueError(
-                f"prompt of {prompt.shape[1]} tokens + {n_new} new ones exceeds the model's n_ctx={self.cfg.n_ctx}"
-            )
+    def prefill(self, prompt: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, MambaCache]:
+        """For `generate_greedy`: the prompt in one pass -> (last logits [B, d_vocab], recurrent state)."""
         logits, cache = self(prompt, attention_mask, return_cache=True, logits_to_keep=1)
-        out = [prompt]
-        nxt = logits[:, -1].argmax(-1)
-        for i in range(n_new):
-            out.append(nxt[:, None])
-            if i + 1 < n_new:
-                step_logits, cache = self.step(nxt, cache)
-                nxt = step_logits.argmax(-1)
-        return torch.cat(out, dim=1)
+        return logits[:, -1], cache
+
+    def decode_step(self, token: Tensor, cache: MambaCache) -> tuple[Tensor, MambaCache]:
+        """For `generate_greedy`: one token per sequence in step mode (O(1) memory, no hooks)."""
+        return self.step(token, cache)
 
     # ---- memory and checkpoints --------------------------------------------------------------
     def state_size(self) -> StateSize:

@@ -342,29 +342,14 @@ class HookedTransformer(HookedModel):
         """An empty key/value cache for `forward(..., past_kv_cache=)` and `generate_greedy`."""
         return KVCache(layers=[[] for _ in range(self.cfg.n_layers)])
 
-    @torch.no_grad()
-    def generate_greedy(self, prompt: Tensor, n_new: int, attention_mask: Tensor | None = None) -> Tensor:
-        """prompt [B, P] -> [B, P + n_new]: the prompt read in one pass, then one argmax token per step
-        with a key/value cache. attention_mask [B, P] marks left padding (0), as in Hugging Face."""
-        if n_new < 0:
-            raise ValueError(f"n_new must be >= 0, got {n_new}")
-        if prompt.ndim != 2 or prompt.shape[1] < 1:
-            raise ValueError(
-                f"prompt must be [batch, pos] with at least one token, got {tuple(prompt.shape)}"
-            )
-        if prompt.shape[1] + n_new > self.cfg.n_ctx:
-            raise ValueError(
-                f"prompt of {prompt.shape[1]} tokens + {n_new} new ones exceeds the model's n_ctx={self.cfg.n_ctx}"
-            )
-        self.check_left_padding(attention_mask)
+    def prefill(self, prompt: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, KVCache]:
+        """For `generate_greedy`: the prompt in one pass -> (last logits [B, d_vocab], key/value cache)."""
         cache = self.init_kv_cache()
-        out = [prompt]
-        nxt = self(prompt, attention_mask, past_kv_cache=cache, logits_to_keep=1)[:, -1].argmax(-1)
-        for i in range(n_new):
-            out.append(nxt[:, None])
-            if i + 1 < n_new:
-                nxt = self(nxt[:, None], past_kv_cache=cache)[:, -1].argmax(-1)
-        return torch.cat(out, dim=1)
+        return self(prompt, attention_mask, past_kv_cache=cache, logits_to_keep=1)[:, -1], cache
+
+    def decode_step(self, token: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
+        """For `generate_greedy`: token [B] -> (logits [B, d_vocab], the cache, extended in place)."""
+        return self(token[:, None], past_kv_cache=cache)[:, -1], cache
 
 
 @dataclass
