@@ -1,20 +1,33 @@
-"""`interp` command line: train, eval, demo, info. Run `interp COMMAND --help` for the options."""
+"""`interp` command line: train, eval, demo, info. Run `interp COMMAND --help` for the options.
+
+A user error (a bad number, a missing folder, a locked run folder) is one line on stderr and exit code 2;
+a traceback means a bug (INTERP_DEBUG=1 shows one for user errors too). Ctrl-C exits with 130.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
 
+from interp.config import check_device, check_int
+from interp.io import atomic_write, atomic_write_text, read_checkpoint
 from interp.models import HookedModel, build_model
-from interp.models.loading import atomic_write, atomic_write_text, load
+from interp.models.loading import load
 from interp.tasks import TASKS, TaskConfig
-from interp.training import TrainConfig, train
+from interp.training import TrainConfig, TrainingInterrupted, train
 from interp.utils import parse_int_list, resolve_device
+
+# Exceptions that mean "the user asked for something impossible": validation (ValueError, raised by
+# every config's __post_init__), missing or unwritable files (OSError). Anything else is a bug.
+USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
 TRAINABLE = ["transformer", "lstm", "mamba"]  # the other architectures are hand-built ground truths
 
@@ -85,17 +98,26 @@ def _parse_model_opts(pairs: list[str]) -> dict:
     return out
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line like every other interp error, instead of the usage block
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The parser; each subcommand names its handler with `set_defaults(handler=...)`."""
+    parser = _Parser(
         prog="interp",
         description="Train, evaluate and inspect transformers, Mamba and LSTMs on copy and retrieval tasks.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model on a synthetic task into a checkpoint folder")
-    p.add_argument("--arch", choices=TRAINABLE, default="transformer", help="model family")
-    p.add_argument("--out", required=True, help="checkpoint folder (config.json, model.safetensors, metrics)")
-    p.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    p = sub.add_parser("train", help="train a model on a synthetic task into a run folder")
+    p.set_defaults(handler=cmd_train)
+    p.add_argument("--arch", choices=TRAINABLE, help="model family (default transformer)")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, config.json, metrics.jsonl)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    how.add_argument("--overwrite", action="store_true", help="delete the run saved in --out and start over")
     g = p.add_argument_group("model")
     g.add_argument("--d-model", type=int, help="width (default: transformer 128, LSTM 256, Mamba 128)")
     g.add_argument("--n-layers", type=int, help="layers (default 2)")
@@ -122,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser("eval", help="accuracy per string length of a checkpoint")
+    p.set_defaults(handler=cmd_eval)
     p.add_argument("checkpoint", help="checkpoint folder")
     p.add_argument("--lengths", default="10,20,40", help="comma-separated string lengths (default 10,20,40)")
     p.add_argument("--mode", choices=["teacher", "greedy", "both"], default="teacher", help="decoding")
@@ -134,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_args(p, defaults=False)
 
     p = sub.add_parser("demo", help="train a transformer, an LSTM (and Mamba) on copy and compare them")
+    p.set_defaults(handler=cmd_demo)
     p.add_argument(
         "--out", default="demo_out", help="folder for checkpoints, table and plot (default demo_out)"
     )
@@ -143,34 +167,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("info", help="print a checkpoint's configuration, size and state size")
+    p.set_defaults(handler=cmd_info)
     p.add_argument("checkpoint")
     return parser
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    model_opts = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k, None) is not None}
+    model_opts |= _parse_model_opts(args.model_opt)
     if args.resume:
-        if not out.exists():
-            raise FileNotFoundError(
-                f"--resume: {out} does not exist; give the --out folder of an earlier run"
+        found = read_checkpoint(out) if out.is_dir() else None
+        if found is None:
+            what = "does not exist" if not out.exists() else "holds no checkpoint"
+            raise FileNotFoundError(f"--resume: {out} {what}; give the --out folder of an earlier run")
+        # the saved run, with the flags given now on top; train() refuses those that would change the run
+        saved = found.config
+        if args.arch and args.arch != saved.get("arch"):
+            raise ValueError(
+                f"cannot resume {out}: --arch {args.arch} differs from the saved {saved.get('arch')}"
             )
-        checkpoint = load(out)  # clear error if the folder is missing or not a checkpoint
-        saved = checkpoint.checkpoint
-        task = TaskConfig.from_dict(saved["task"])
-        cfg = TrainConfig.from_dict({**saved["train"], **_train_overrides(args)})
-        model = checkpoint
+        arch = saved.get("arch")
+        task = TaskConfig.from_dict({**saved.get("task", {}), **_task_options(args)})
+        cfg = TrainConfig.from_dict({**saved.get("train", {}), **_train_overrides(args)})
+        model = build_model(arch, **{**saved.get("model", {}), **model_opts})
     else:
         task = TaskConfig.from_dict(_task_options(args))
-        cfg = TrainConfig(**_train_overrides(args))
-        opts = {k: getattr(args, k) for k in MODEL_FLAGS if getattr(args, k, None) is not None}
-        opts |= _parse_model_opts(args.model_opt)
-        opts.setdefault("d_vocab", task.vocab.size)
+        cfg = TrainConfig.from_dict(_train_overrides(args))
+        model_opts.setdefault("d_vocab", task.vocab.size)
         torch.manual_seed(cfg.seed)
-        model = build_model(args.arch, **opts)
+        model = build_model(args.arch or "transformer", **model_opts)
     print(
         f"training {model.arch} ({model.num_params():,} parameters) on {task.task}, {cfg.steps} steps -> {out}"
     )
-    result = train(model, task, cfg, out_dir=out, resume=args.resume, progress=not args.quiet)
+    result = train(
+        model, task, cfg, out_dir=out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet
+    )
     if result.metrics:
         last = result.metrics[-1]
         print(
@@ -190,7 +222,9 @@ def _train_overrides(args: argparse.Namespace) -> dict:
 def cmd_eval(args: argparse.Namespace) -> int:
     from interp.analysis.evaluation import evaluate
 
-    device = resolve_device(args.device)
+    check_int("--examples", args.examples)
+    check_int("--batch-size", args.batch_size)
+    device = resolve_device(check_device(args.device))
     model = load(args.checkpoint, device)
     saved_task = getattr(model, "checkpoint", {}).get("task") or {}
     task = TaskConfig.from_dict({**saved_task, **_task_options(args)})
@@ -221,6 +255,10 @@ def write_table(df, json_path: str | None, csv_path: str | None) -> None:
 def cmd_info(args: argparse.Namespace) -> int:
     model: HookedModel = load(args.checkpoint)
     print(f"{args.checkpoint}: {model.arch}, {model.num_params():,} parameters")
+    saved = getattr(model, "checkpoint", {})
+    if saved.get("step") is not None:
+        total = saved.get("train", {}).get("steps")
+        print(f"checkpoint at step {saved['step']}" + (f" of {total}" if total else ""))
     print(json.dumps(model.cfg.to_dict(), indent=2))
     size = model.state_size()
     if size is not None:
@@ -246,12 +284,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "eval": cmd_eval, "demo": cmd_demo, "info": cmd_info}
-    try:
-        return handlers[args.command](args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"interp {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _warn_one_line
+        try:
+            return args.handler(args)
+        except TrainingInterrupted as e:
+            where = f"; checkpoint saved. Continue with: interp train --out {shlex.quote(str(e.out_dir))} --resume"
+            print(f"interp {args.command}: interrupted after step {e.step}{where}", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:
+            print(f"interp {args.command}: interrupted", file=sys.stderr)
+            return 130
+        except USER_ERRORS as e:
+            if os.environ.get("INTERP_DEBUG"):
+                raise
+            message = " ".join(str(e).split()) or type(e).__name__
+            print(f"interp {args.command}: error: {message}", file=sys.stderr)
+            return 2
+
+
+def _warn_one_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"interp: warning: {message}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ def test_checkpoint_roundtrip_and_metrics(tmp_path):
     )
     assert [m["step"] for m in result.metrics] == [3, 6]
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["config.json", "metrics.jsonl", "model.safetensors", "trainer_state.pt"]
+    assert files == [".lock", "checkpoints", "config.json", "metrics.jsonl"]  # run folder layout: interp.io
+    step_files = sorted(p.name for p in (tmp_path / "checkpoints" / "step-6").iterdir())
+    assert step_files == ["config.json", "manifest.json", "model.safetensors", "trainer_state.pt"]
     loaded = load(tmp_path)
     tokens = make_batch(TASK, 4).tokens
     torch.testing.assert_close(loaded(tokens), model(tokens))

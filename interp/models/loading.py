@@ -1,14 +1,13 @@
 """Reading and writing model folders: interp checkpoints and Hugging Face GPT-NeoX/Pythia and Mamba.
 
-An interp checkpoint is a folder:
+An interp model folder (what `save_checkpoint` writes) is flat:
 
-    config.json          {"interp_version", "arch", "model": {...}, "task": {...}, "train": {...}}
+    config.json          {"interp_version", "arch", "model": {...}, "task": {...}, "weights_sha256", ...}
     model.safetensors    the weights (safetensors: loading never unpickles anything)
-    metrics.jsonl        one JSON line per evaluation during training
-    trainer_state.pt     optimizer + step, for `--resume` (read with torch.load(weights_only=True))
 
-Every file is written to a temporary name and renamed into place, so an interrupted save leaves the
-previous checkpoint intact, never a half-written one.
+A run folder (what `interp train` writes) keeps its checkpoints in `checkpoints/step-<N>/`, each one
+published as a unit (see `interp.io`). `load_checkpoint` reads both, and flat folders written before
+step directories existed. Weights holding NaN or infinity are refused unless `allow_nonfinite=True`.
 """
 
 from __future__ import annotations
@@ -17,55 +16,69 @@ import inspect
 import json
 import os
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from safetensors.torch import save_file
 from torch import nn
 
+from interp.io import (
+    CHECKPOINTS,
+    CONFIG,
+    WEIGHTS,
+    Checkpoint,
+    atomic_write,
+    atomic_write_text,
+    parse_config,
+    read_checkpoint,
+    sha256,
+)
 from interp.models import HookedModel, model_class
 
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
 INTERP_VERSION = "0.1.0"
+# atomic_write and atomic_write_text live in interp.io; importing them from here keeps working
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Call `write(tmp_path)` and rename the result to `path`; on failure nothing is left behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def save_checkpoint(folder: str | Path, model: HookedModel, **sections: Any) -> Path:
-    """Write `model` to `folder` (config.json + model.safetensors); extra sections go into config.json.
-
-    `save_checkpoint("runs/copy", model, task=task_cfg.to_dict(), train=train_cfg.to_dict())`
-    """
-    folder = Path(folder)
-    config = {"interp_version": INTERP_VERSION, "arch": model.arch, "model": model.cfg.to_dict(), **sections}
+def weights_state(model: HookedModel) -> dict[str, torch.Tensor]:
+    """The model's weights for safetensors, on the CPU (tied copies left out; `load_state` restores the tie)."""
     # clone: safetensors refuses tensors that share memory (tied embeddings)
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
     if getattr(model.cfg, "tie_embeddings", False):
         state = {k: v for k, v in state.items() if k not in _tied_keys(model)}
-    atomic_write(folder / WEIGHTS, lambda tmp: save_file(state, tmp))
+    return state
+
+
+def weights_bytes(model: HookedModel) -> bytes:
+    """`weights_state(model)` as the bytes of a safetensors file."""
+    return save_safetensors(weights_state(model))
+
+
+def checkpoint_config(model: HookedModel, **sections: Any) -> dict:
+    return {"interp_version": INTERP_VERSION, "arch": model.arch, "model": model.cfg.to_dict(), **sections}
+
+
+def save_checkpoint(folder: str | Path, model: HookedModel, **sections: Any) -> Path:
+    """Write `model` to the flat model folder `folder` (config.json + model.safetensors); extra sections go
+    into config.json.
+
+    `save_checkpoint("runs/copy", model, task=task_cfg.to_dict(), train=train_cfg.to_dict())`
+
+    Weights first, then config.json with their checksum: an interrupted save leaves the old pair, or new
+    weights that the old config.json does not vouch for, which loading then refuses (never a silent mix).
+    Training writes run folders instead, whose checkpoints are published as a unit (`interp.io`).
+    """
+    folder = Path(folder)
+    digest = {}
+
+    def write(tmp: str) -> None:
+        save_file(weights_state(model), tmp)
+        digest["sha256"] = sha256(Path(tmp).read_bytes())
+
+    atomic_write(folder / WEIGHTS, write)
+    config = checkpoint_config(model, **sections, weights_sha256=digest["sha256"])
     atomic_write_text(folder / CONFIG, json.dumps(config, indent=2))
     return folder
 
@@ -81,13 +94,16 @@ def _tied_keys(model: nn.Module) -> set[str]:
 
 
 def read_config(folder: str | Path) -> dict:
-    path = Path(folder) / CONFIG
+    """config.json of a model folder, or of a run folder's latest checkpoint."""
+    folder = Path(folder)
+    path = folder / CONFIG
     if not path.is_file():
+        if (folder / CHECKPOINTS).is_dir():
+            found = read_checkpoint(folder)
+            if found is not None:
+                return found.config
         raise FileNotFoundError(f"no {CONFIG} in {folder}: not a model folder")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); the checkpoint is corrupt") from e
+    return parse_config(path.read_bytes(), path)
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -113,24 +129,64 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     model.load_state_dict(state, strict=False)
 
 
-def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> HookedModel:
-    """An interp checkpoint folder -> model (its config in `model.cfg`, the rest in `model.checkpoint`)."""
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinity, naming the first such tensor (they evaluate silently as 0%)."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(
+                f"weights in {source} are not finite: {name} holds {bad} NaN or infinite values of "
+                f"{tensor.numel()}; pass allow_nonfinite=True to load them anyway"
+            )
+
+
+def load_checkpoint(
+    folder: str | Path, device: str | torch.device = "cpu", allow_nonfinite: bool = False
+) -> HookedModel:
+    """An interp checkpoint (a run folder's latest verified checkpoint, or a flat model folder) -> model.
+
+    Its config is `model.cfg`; the rest of config.json (task, train, step) is in `model.checkpoint`.
+    """
     folder = Path(folder)
-    config = read_config(folder)
+    found = read_checkpoint(folder)
+    if found is None:
+        if (folder / CHECKPOINTS).is_dir():
+            raise FileNotFoundError(
+                f"no complete checkpoint in {folder / CHECKPOINTS}; the run saved none yet"
+            )
+        if (folder / CONFIG).is_file():
+            raise FileNotFoundError(f"no {WEIGHTS} in {folder}; the checkpoint is incomplete")
+        raise FileNotFoundError(f"no {CONFIG} in {folder}: not a model folder")
+    return model_from_checkpoint(found, device, allow_nonfinite)
+
+
+def model_from_checkpoint(
+    found: Checkpoint, device: str | torch.device = "cpu", allow_nonfinite: bool = False
+) -> HookedModel:
+    """Build the model a read `Checkpoint` holds, from the very bytes that were verified."""
+    config, source = found.config, found.path / CONFIG
     for key in ("arch", "model"):
         if key not in config:
-            raise ValueError(f"{folder / CONFIG} has no {key!r} entry; not an interp checkpoint")
+            raise ValueError(f"{source} has no {key!r} entry; not an interp checkpoint")
+    if WEIGHTS not in found.files:
+        raise FileNotFoundError(f"no {WEIGHTS} in {found.path}; the checkpoint is incomplete")
+    data, weights = found.files[WEIGHTS], found.path / WEIGHTS
+    if "weights_sha256" in config and sha256(data) != config["weights_sha256"]:
+        raise ValueError(
+            f"{weights} is not the file {source} was saved with (an interrupted save?); the checkpoint is corrupt"
+        )
     cls = model_class(config["arch"])
     model = cls(cls.config_class.from_dict(config["model"]))
-    weights = folder / WEIGHTS
-    if not weights.is_file():
-        raise FileNotFoundError(f"no {WEIGHTS} in {folder}; the checkpoint is incomplete")
     try:
-        state = load_file(str(weights))
+        state = load_safetensors(data)
     except Exception as e:  # safetensors raises its own error types for truncated or garbage files
         raise ValueError(f"cannot read {weights}: {e}; the checkpoint is corrupt") from e
+    if not allow_nonfinite:
+        check_finite(state, str(weights))
     load_state(model, state, str(weights))
-    model.checkpoint = {k: v for k, v in config.items() if k not in ("model",)}
+    model.checkpoint = {k: v for k, v in config.items() if k not in ("model", "weights_sha256")}
+    if found.step is not None:
+        model.checkpoint["step"] = found.step
     return model.to(device).eval()
 
 
@@ -328,7 +384,10 @@ def load_hf_folder(folder: Path, device: str | torch.device = "cpu") -> HookedMo
 
 
 def load(
-    path: str | Path, device: str | torch.device = "cpu", tokenizer: str | Path | None = None
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    tokenizer: str | Path | None = None,
+    allow_nonfinite: bool = False,
 ) -> HookedModel:
     """Load a model: an interp checkpoint folder, a Hugging Face GPT-NeoX/Pythia or Mamba folder, or a hub name.
 
@@ -341,12 +400,15 @@ def load(
     `tokenizer`: a folder or hub name to take the tokenizer from instead, for checkpoints that ship
     without one (mamba-ssm's `state-spaces/mamba-*` use "EleutherAI/gpt-neox-20b"); a hub name fetches
     its tokenizer files only.
+
+    Weights holding NaN or infinity are refused, naming the tensor, unless `allow_nonfinite=True`.
     """
     folder = resolve_folder(path)
-    config = read_config(folder)
-    if "arch" in config:
-        return load_checkpoint(folder, device)
+    if (folder / CHECKPOINTS).is_dir() or "arch" in read_config(folder):
+        return load_checkpoint(folder, device, allow_nonfinite)
     model = load_hf_folder(folder, device)
+    if not allow_nonfinite:
+        check_finite(model.state_dict(), str(folder))
     if tokenizer is not None:
         model.tokenizer = tokenizer_for(folder, tokenizer)
     return model

@@ -230,7 +230,10 @@ class TransformerConfig(Config):
     attn_impl: str = "auto"  # auto: fused unless scores/pattern are hooked; eager: always materialise
     init_std: float = 0.02
 
+    zero_ok = frozenset({"hard_alibi_heads"})  # 0: no Hard-ALiBi heads
+
     def __post_init__(self):
+        super().__post_init__()  # types and sizes first: n_heads=0 must not reach the division below
         if self.positional not in POSITIONAL:
             raise ValueError(
                 f"unknown positional variant {self.positional!r}; allowed: {', '.join(POSITIONAL)}"

@@ -44,6 +44,7 @@ class TaskConfig(Config):
     pack_context: int | None = None  # pack examples into rows of this many tokens (paper: 220)
 
     def __post_init__(self):
+        super().__post_init__()  # types, and every count >= 1
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; allowed: {', '.join(TASKS)}")
         Vocab(self.n_letters)  # validates the alphabet size
