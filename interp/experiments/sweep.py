@@ -1,0 +1,193 @@
+"""Run a grid of `RunSpec`s: locally (a process per run, one torch thread each) or as Ray tasks.
+
+Both executors share the rules that make a sweep safe to kill and rerun:
+- a run whose folder holds `result.json` is finished and skipped (its record is read back);
+- a run that raises is reported with its error and traceback, and the others still finish;
+- Ctrl-C stops the sweep; the runs in flight keep their last checkpoint and continue on the next call.
+Each run is a separate process, so runs never share torch's thread pool or memory.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+from tqdm.auto import tqdm
+
+from interp.experiments.runner import execute_run_safely, read_result
+from interp.experiments.spec import RunSpec
+
+EXECUTORS = ("local", "ray")
+
+
+@dataclass
+class SweepResult:
+    records: list[dict]  # finished runs (skipped ones included), in grid order
+    failed: list[tuple[RunSpec, str]] = field(default_factory=list)  # (run, error with traceback)
+    skipped: int = 0  # runs already finished before this call
+    ran: int = 0  # runs finished by this call
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
+
+
+def run_sweep(
+    specs: list[RunSpec],
+    root: str | Path,
+    executor: str = "local",
+    workers: int | None = None,
+    address: str | None = None,
+    gpu: bool = False,
+    progress: bool = True,
+) -> SweepResult:
+    """Execute every run of `specs` under `root` (one folder per run) and return the records.
+
+    executor: "local" (a pool of `workers` processes, default one per CPU core) or "ray" (`ray.init()`
+    on this machine, or `address` of a running cluster; each run is a task asking for 1 CPU, and 1 GPU
+    when `gpu`). On a multi-node cluster `root` must be a filesystem every node sees.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; allowed: {', '.join(EXECUTORS)}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    ids = [s.run_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise ValueError("the grid holds the same run twice; give runs distinct labels, seeds or settings")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    finished = {s.run_id: r for s in specs if (r := read_result(root, s)) is not None}
+    todo = [s for s in specs if s.run_id not in finished]
+    result = SweepResult(records=[], skipped=len(finished))
+    bar = tqdm(total=len(specs), initial=len(finished), disable=not progress, desc="sweep", unit="run")
+
+    def on_done(spec: RunSpec, outcome: dict) -> None:
+        if "record" in outcome:
+            finished[spec.run_id] = outcome["record"]
+            result.ran += 1
+        else:
+            result.failed.append((spec, f"{outcome['error']}\n{outcome['traceback']}"))
+        bar.update(1)
+        remaining = len(specs) - len(finished) - len(result.failed)
+        bar.set_postfix(done=len(finished), failed=len(result.failed), remaining=remaining)
+
+    try:
+        if todo:
+            submit = _ray_executor(address, workers, gpu) if executor == "ray" else _local_executor(workers)
+            submit(todo, str(root), on_done)
+    finally:
+        bar.close()
+    result.records = [finished[s.run_id] for s in specs if s.run_id in finished]
+    return result
+
+
+Submit = Callable[[list[RunSpec], str, Callable[[RunSpec, dict], None]], None]
+
+
+def _local_executor(workers: int | None) -> Submit:
+    def submit(todo: list[RunSpec], root: str, on_done) -> None:
+        n = min(workers or os.cpu_count() or 1, len(todo))
+        # spawn: fresh interpreters (fork would copy this process's torch thread pool and locks)
+        pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+        futures = {pool.submit(execute_run_safely, s.to_dict(), root, 1): s for s in todo}
+        try:
+            pending = set(futures)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    on_done(futures[fut], _outcome(fut.result))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in list(
+                getattr(pool, "_processes", {}).values()
+            ):  # runs in flight keep their checkpoint
+                proc.terminate()
+            raise
+        pool.shutdown()
+
+    return submit
+
+
+def _outcome(get: Callable[[], dict]) -> dict:
+    """The worker's outcome, or a failure if the worker process itself died (killed, out of memory)."""
+    try:
+        return get()
+    except Exception as e:
+        return {"error": f"worker process failed: {type(e).__name__}: {e}", "traceback": ""}
+
+
+def _ray_executor(address: str | None, workers: int | None, gpu: bool) -> Submit:
+    ray = import_ray()
+    connect_ray(ray, address, workers)
+
+    def submit(todo: list[RunSpec], root: str, on_done) -> None:
+        task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0)(execute_run_safely)
+        refs = {task.remote(s.to_dict(), root, 1): s for s in todo}
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                for ref in done:
+                    on_done(refs[ref], _outcome(lambda ref=ref: ray.get(ref)))
+        except BaseException:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            raise
+
+    return submit
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError as e:
+        raise ImportError(
+            "the Ray executor needs Ray, which is an optional extra: pip install 'interp[sweep]' "
+            "(or run the sweep with --executor local)"
+        ) from e
+    return ray
+
+
+def connect_ray(ray, address: str | None, workers: int | None, timeout: float = 5.0) -> None:
+    """`ray.init` on this machine (address None) or on a cluster; an unreachable address fails in seconds."""
+    if ray.is_initialized():
+        return
+    options = dict(include_dashboard=False, log_to_driver=False, configure_logging=False)
+    if address in (None, "local"):
+        ray.init(num_cpus=workers or os.cpu_count(), **options)
+        return
+    if address != "auto":
+        host, port = _host_port(address)
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as e:
+            raise ConnectionError(
+                f"cannot reach a Ray cluster at {address!r} ({host}:{port}: {e.strerror or e}); start one "
+                "with `ray start --head` there, or use --address auto on a node of a running cluster, or "
+                "leave --address out to start Ray on this machine"
+            ) from None
+    try:
+        ray.init(address=address, **options)
+    except (ConnectionError, RuntimeError) as e:
+        raise ConnectionError(
+            f"cannot connect to a Ray cluster at {address!r}: {e}. With --address auto a cluster must "
+            "already run on this node (`ray start --head`); leave --address out to start Ray here"
+        ) from None
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """'10.0.0.5:6379' or 'ray://head:10001' -> (host, port), or a clear error."""
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if not parsed.hostname or port is None:
+        raise ValueError(f"--address must be auto, HOST:PORT or ray://HOST:PORT, got {address!r}")
+    return parsed.hostname, port
