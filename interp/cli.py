@@ -187,10 +187,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"cannot resume {out}: --arch {args.arch} differs from the saved {saved.get('arch')}"
             )
-        arch = saved.get("arch")
-        task = TaskConfig.from_dict({**saved.get("task", {}), **_task_options(args)})
-        cfg = TrainConfig.from_dict({**saved.get("train", {}), **_train_overrides(args)})
-        model = build_model(arch, **{**saved.get("model", {}), **model_opts})
+        section = lambda key: _section(saved, key, found.path)
+        task = TaskConfig.from_dict({**section("task"), **_task_options(args)})
+        cfg = TrainConfig.from_dict({**section("train"), **_train_overrides(args)})
+        model = build_model(saved.get("arch"), **{**section("model"), **model_opts})
     else:
         task = TaskConfig.from_dict(_task_options(args))
         cfg = TrainConfig.from_dict(_train_overrides(args))
@@ -210,6 +210,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             f"char accuracy {last['char_acc']:.3f}"
         )
     return 0
+
+
+def _section(saved: dict, key: str, where: Path) -> dict:
+    if not isinstance(saved.get(key), dict):
+        raise ValueError(f"{where / 'config.json'}: {key!r} must be a JSON object, got {saved.get(key)!r}")
+    return saved[key]
 
 
 def _train_overrides(args: argparse.Namespace) -> dict:

@@ -60,3 +60,68 @@ def test_console_script_runs():
         [sys.executable, "-m", "interp.cli", "eval", "--help"], capture_output=True, text=True
     )
     assert result.returncode == 0 and "--lengths" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--checkpoint-every", "0"], "checkpoint_every must be >= 1, got 0"),
+        (["--d-model", "0"], "d_model must be >= 1, got 0"),
+        (["--arch", "lstm", "--d-model", "0"], "LSTMConfig.d_model must be >= 1, got 0"),
+        (["--eval-every", "-1"], "eval_every must be >= 0, got -1"),
+        (["--warmup-steps", "-5"], "warmup_steps must be >= 0, got -5"),
+        (["--device", "tpu"], "device 'tpu' is not allowed"),
+        (["--steps", "many"], "invalid int value: 'many'"),
+        (["--model-opt", "n_layers=true"], "n_layers must be int, got True"),
+    ],
+)
+def test_bad_numbers_are_one_line_and_exit_2(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    try:
+        code = main(["train", "--out", str(out), "--steps", "1", "--quiet", *args])
+    except SystemExit as e:  # argparse's own checks (a number that is no number)
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not out.exists()  # refused before the run folder was made
+
+
+def test_wrongly_typed_config_json_and_bad_eval_numbers_are_one_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    common = ["--n-letters", "6", "--max-len", "5", "--d-model", "16", "--n-heads", "2", "--quiet"]
+    assert main(["train", "--out", str(run), "--steps", "2", *common]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--examples", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "interp eval: error: --examples must be >= 1, got 0"
+    assert main(["eval", str(run), "--device", "tpu"]) == 2
+    assert "device 'tpu' is not allowed" in capsys.readouterr().err
+
+    flat = tmp_path / "flat"
+    from interp import load, save_checkpoint
+
+    save_checkpoint(flat, load(run))
+    config = json.loads((flat / "config.json").read_text())
+    config["model"]["d_model"] = "wide"
+    (flat / "config.json").write_text(json.dumps(config))
+    assert main(["info", str(flat)]) == 2
+    err = capsys.readouterr().err
+    assert "TransformerConfig.d_model must be int, got 'wide' (str)" in err and err.count("\n") == 1
+
+    config["model"]["d_model"], config["task"] = 16, ["not", "a", "dict"]
+    (flat / "config.json").write_text(json.dumps(config))
+    (flat / "trainer_state.pt").write_bytes(
+        (run / "checkpoints" / "step-2" / "trainer_state.pt").read_bytes()
+    )
+    assert main(["train", "--out", str(flat), "--resume", "--steps", "4", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "'task' must be a JSON object" in err and err.count("\n") == 1
+
+
+def test_fresh_train_into_a_used_folder_names_both_flags(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--out", str(run), "--steps", "2", "--d-model", "16", "--n-heads", "2", "--quiet"]
+    assert main(args) == 0
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "--overwrite" in err and str(run) in err
+    assert main([*args, "--overwrite"]) == 0
