@@ -68,7 +68,7 @@ def run_demo(
             train_cfg.steps = steps
         torch.manual_seed(train_cfg.seed)
         model = build_model(arch, d_vocab=task.vocab.size, **model_opts)
-        train(model, task, train_cfg, out_dir=out / arch, progress=progress)
+        train(model, task, train_cfg, out_dir=out / arch, progress=progress, overwrite=True)
         name = f"{arch} ({model.num_params() / 1e3:.0f}k params)"
         frames.append(evaluate(model, task, lengths, n_examples=eval_examples, name=name))
     df = pd.concat(frames, ignore_index=True)

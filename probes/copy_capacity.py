@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         model = build_model(arch, d_vocab=task.vocab.size, **options)
         t0 = time.perf_counter()
         folder = out / name.replace(" ", "_").replace("=", "")
-        train(model, task, train_cfg, out_dir=folder, progress=not args.quiet)
+        train(model, task, train_cfg, out_dir=folder, progress=not args.quiet, overwrite=True)
         seconds = time.perf_counter() - t0
         df = evaluate(model, task, lengths, n_examples=args.examples, name=name)
         size = model.state_size()

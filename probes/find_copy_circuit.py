@@ -111,7 +111,7 @@ def get_model(args: argparse.Namespace, out: Path):
         cfg = TrainConfig(
             steps=args.steps, lr=args.lr, warmup_steps=20, eval_every=args.steps, seed=args.seed
         )
-        result = train(model, task, cfg, out_dir=out / "model", progress=False)
+        result = train(model, task, cfg, out_dir=out / "model", progress=False, overwrite=True)
         print(f"trained: held-out string accuracy {result.metrics[-1]['string_acc']:.3f}", file=sys.stderr)
         return model, task
     model = load(args.model)

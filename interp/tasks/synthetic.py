@@ -44,10 +44,10 @@ class TaskConfig(Config):
     pack_context: int | None = None  # pack examples into rows of this many tokens (paper: 220)
 
     def __post_init__(self):
+        Vocab(self.n_letters)  # validates the alphabet size (first: its message names the range 2..26)
         super().__post_init__()  # types, and every count >= 1
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; allowed: {', '.join(TASKS)}")
-        Vocab(self.n_letters)  # validates the alphabet size
         if not 1 <= self.min_len <= self.max_len:
             raise ValueError(
                 f"need 1 <= min_len <= max_len, got min_len={self.min_len}, max_len={self.max_len}"
