@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 
 from interp.config import check_device, check_int
+from interp.experiments.command import add_parser as add_reproduce_parser
+from interp.experiments.command import cmd_reproduce
 from interp.io import atomic_write, atomic_write_text, read_checkpoint
 from interp.models import HookedModel, build_model
 from interp.models.loading import load
@@ -169,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="print a checkpoint's configuration, size and state size")
     p.set_defaults(handler=cmd_info)
     p.add_argument("checkpoint")
+
+    add_reproduce_parser(sub).set_defaults(handler=cmd_reproduce)
     return parser
 
 

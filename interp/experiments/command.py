@@ -60,18 +60,30 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         raise ValueError(f"name an experiment ({', '.join(EXPERIMENTS)}) or use --list")
     seeds = parse_int_list(args.seeds) if args.seeds else None
     command = "interp " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else None
-    sweep, report = reproduce(
-        args.experiment,
-        scale=args.scale,
-        out=args.out,
-        report_dir=args.report_dir,
-        executor=args.executor,
-        workers=args.workers,
-        address=args.address,
-        seeds=seeds,
-        progress=not args.quiet,
-        command=command,
-    )
+    try:
+        sweep, report = reproduce(
+            args.experiment,
+            scale=args.scale,
+            out=args.out,
+            report_dir=args.report_dir,
+            executor=args.executor,
+            workers=args.workers,
+            address=args.address,
+            seeds=seeds,
+            progress=not args.quiet,
+            command=command,
+        )
+    except ImportError as e:  # an optional executor that is not installed: a user error, not a bug
+        if "interp[sweep]" not in str(e):
+            raise
+        raise ValueError(str(e)) from None
+    except KeyboardInterrupt:
+        print(
+            "interp reproduce: interrupted; finished runs are kept and runs in flight keep their last "
+            "checkpoint: rerun the same command to continue",
+            file=sys.stderr,
+        )
+        return 130
     print(
         f"{args.experiment}: {sweep.ran} runs finished now, {sweep.skipped} were finished before, {len(sweep.failed)} failed"
     )

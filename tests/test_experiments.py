@@ -1,0 +1,232 @@
+"""The experiment machinery: grids, sweeps (local and Ray), resumption, failures, reports."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from interp.cli import main
+from interp.experiments import EXPERIMENTS, RunSpec, execute_run, get_experiment, reproduce, run_sweep
+from interp.experiments.paper import converged, sample_efficiency_table
+from interp.experiments.runner import RESULT
+from interp.experiments.spec import EvalSpec, summarize
+from interp.experiments.sweep import connect_ray, import_ray
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = {"task": "copy", "n_letters": 4, "min_len": 1, "max_len": 3}
+TRAIN = {
+    "steps": 4,
+    "batch_size": 4,
+    "warmup_steps": 1,
+    "eval_every": 2,
+    "eval_examples": 8,
+    "checkpoint_every": 2,
+}
+EVALS = [EvalSpec(lengths=[2, 3], examples=8).to_dict()]
+
+
+def tiny(label: str, seed: int = 0, **model) -> RunSpec:
+    arch = "lstm" if label.startswith("lstm") else "transformer"
+    options = {"d_model": 8, "n_layers": 1, **({"n_heads": 2} if arch == "transformer" else {}), **model}
+    return RunSpec("test", label, arch, options, TASK, TRAIN, seed, EVALS)
+
+
+def comparable(record: dict) -> dict:
+    """A record without what legitimately differs between two executions (timings, host, resumption)."""
+    metrics = [{k: v for k, v in m.items() if k != "tokens_per_s"} for m in record["metrics"]]
+    evals = [e["rows"] for e in record["evals"]]
+    return {"spec": record["spec"], "params": record["params"], "metrics": metrics, "evals": evals}
+
+
+def test_run_id_changes_with_any_setting():
+    a, b = tiny("transformer"), tiny("transformer", d_model=16)
+    assert a.run_id.startswith("transformer-seed0-") and a.run_id != b.run_id
+    assert tiny("transformer", seed=1).run_id != a.run_id
+    assert RunSpec.from_dict(a.to_dict()).run_id == a.run_id
+
+
+def test_bad_eval_spec_is_refused_before_training():
+    with pytest.raises(ValueError, match="unknown evaluation kind 'bits'; allowed: accuracy, saturation"):
+        RunSpec("test", "x", "lstm", {}, TASK, TRAIN, 0, [{"kind": "bits", "lengths": [2]}])
+
+
+def test_execute_run_writes_a_checkpoint_folder_and_a_record(tmp_path):
+    import interp
+
+    spec = tiny("lstm")
+    record = execute_run(spec, tmp_path)
+    folder = tmp_path / spec.run_id
+    assert json.loads((folder / RESULT).read_text())["run_id"] == spec.run_id
+    assert [m["step"] for m in record["metrics"]] == [2, 4]
+    assert [m["examples_seen"] for m in record["metrics"]] == [8, 16]
+    assert [r["length"] for r in record["evals"][0]["rows"]] == [2, 3]
+    assert interp.load(folder).num_params() == record["params"]  # a normal checkpoint folder
+    assert execute_run(spec, tmp_path) == record  # finished: read back, not retrained
+
+
+@pytest.mark.slow
+def test_sweep_reports_a_failing_run_finishes_the_others_and_resumes(tmp_path):
+    good = [tiny("transformer"), tiny("lstm"), tiny("transformer", seed=1)]
+    bad = tiny("transformer bad", n_heads=3)  # d_model 8 is not divisible by 3 heads: fails at build
+    sweep = run_sweep([good[0], bad, *good[1:]], tmp_path, workers=2, progress=False)
+    assert (sweep.ran, sweep.skipped, len(sweep.failed)) == (3, 0, 1)
+    assert sweep.failed[0][0].run_id == bad.run_id
+    assert "not divisible by n_heads=3" in sweep.failed[0][1]
+    assert [r["run_id"] for r in sweep.records] == [s.run_id for s in good]
+
+    again = run_sweep([good[0], bad, *good[1:]], tmp_path, workers=2, progress=False)
+    assert (again.ran, again.skipped, len(again.failed)) == (0, 3, 1)
+    assert [comparable(r) for r in again.records] == [comparable(r) for r in sweep.records]
+
+
+@pytest.mark.slow
+def test_killed_sweep_resumes_runs_from_their_checkpoint(tmp_path):
+    """SIGKILL the sweep once a run has checkpointed; the rerun continues that run instead of restarting."""
+    spec = RunSpec("test", "lstm slow", "lstm", {"d_model": 8, "n_layers": 1}, TASK,
+                   {**TRAIN, "steps": 4000, "checkpoint_every": 20, "eval_every": 1000}, 0, EVALS)  # fmt: skip
+    script = (
+        "import sys, json; from interp.experiments import RunSpec, run_sweep\n"
+        "if __name__ == '__main__':\n"
+        f"    run_sweep([RunSpec.from_dict(json.loads(sys.argv[1]))], {str(tmp_path)!r}, workers=1, progress=False)\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(spec.to_dict())], env=env, start_new_session=True
+    )
+    folder = tmp_path / spec.run_id
+    deadline = time.monotonic() + 120
+    from interp.io import checkpoint_step
+
+    while time.monotonic() < deadline and not (folder.exists() and (checkpoint_step(folder) or 0) >= 40):
+        time.sleep(0.2)
+    os.killpg(proc.pid, 9)  # the sweep and its worker, mid-run
+    proc.wait()
+    holder = int((folder / ".lock").read_text().split()[1])  # "pid N on host H": the worker
+    while time.monotonic() < deadline and _alive(holder):  # SIGKILL is asynchronous
+        time.sleep(0.1)
+    step = checkpoint_step(folder)
+    assert step is not None and 40 <= step < 4000 and not (folder / RESULT).exists()
+    record = execute_run(spec, tmp_path)
+    assert record["resumed"] is True and record["metrics"][-1]["step"] == 4000
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"  # a zombie is dead
+
+
+@pytest.mark.slow
+def test_ray_and_local_executors_give_identical_results(tmp_path):
+    grid = [tiny("transformer"), tiny("lstm")]
+    local = run_sweep(grid, tmp_path / "local", workers=2, progress=False)
+    ray = import_ray()
+    try:
+        remote = run_sweep(grid, tmp_path / "ray", executor="ray", workers=2, progress=False)
+    finally:
+        ray.shutdown()
+    assert remote.complete and local.complete
+    assert [comparable(r) for r in remote.records] == [comparable(r) for r in local.records]
+
+
+def test_missing_ray_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(ImportError, match=r"pip install 'interp\[sweep\]'"):
+        import_ray()
+
+
+def test_unreachable_ray_address_fails_fast():
+    class FakeRay:  # never reached: the address check comes first
+        def is_initialized(self):
+            return False
+
+        def init(self, **kwargs):
+            raise AssertionError("ray.init must not be called for an unreachable address")
+
+    t0 = time.monotonic()
+    with pytest.raises(ConnectionError, match="cannot reach a Ray cluster at '127.0.0.1:9'"):
+        connect_ray(FakeRay(), "127.0.0.1:9", None, timeout=2)
+    assert time.monotonic() - t0 < 30  # fails on the connection refusal, not after ray's own long retries
+    with pytest.raises(ValueError, match="--address must be auto, HOST:PORT or ray://HOST:PORT"):
+        connect_ray(FakeRay(), "nowhere", None)
+
+
+def test_unknown_experiment_executor_and_scale_list_the_allowed_ones(tmp_path, capsys):
+    with pytest.raises(
+        ValueError, match="unknown experiment 'copying'; allowed: sample-efficiency, length-gen"
+    ):
+        get_experiment("copying")
+    with pytest.raises(ValueError, match="has no scale 'laptop'; allowed: smoke, cpu, gpu"):
+        reproduce("lookup", scale="laptop", out=tmp_path)
+    with pytest.raises(ValueError, match="unknown executor 'slurm'; allowed: local, ray"):
+        run_sweep([tiny("lstm")], tmp_path, executor="slurm")
+    assert main(["reproduce", "copying"]) == 2
+    assert "unknown experiment 'copying'" in capsys.readouterr().err
+
+
+def test_list_names_every_experiment_and_preset(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in [*EXPERIMENTS, "--scale cpu", "--scale gpu"]:
+        assert name in out
+
+
+def test_summary_is_mean_sd_and_count_over_seeds():
+    table = pd.DataFrame({"model": ["a", "a", "a", "b"], "seed": [0, 1, 2, 0], "acc": [0.2, 0.4, 0.6, 1.0]})
+    s = summarize(table, ["model"], ["acc"]).set_index("model")
+    assert s.loc["a", "acc_mean"] == pytest.approx(0.4) and s.loc["a", "acc_sd"] == pytest.approx(0.2)
+    assert s.loc["a", "acc_n"] == 3 and s.loc["b", "acc_n"] == 1 and math.isnan(s.loc["b", "acc_sd"])
+
+
+def test_examples_to_accuracy_and_convergence_read_the_learning_curve():
+    curve = [(100, 0.1), (200, 0.6), (300, 0.95), (400, 0.93)]
+    metrics = [{"examples_seen": e, "string_acc": a, "step": i} for i, (e, a) in enumerate(curve)]
+    never = [{"examples_seen": e, "string_acc": 0.0, "step": i} for i, (e, _) in enumerate(curve)]
+    records = [{"spec": {"label": "m", "seed": 0, "columns": {}}, "metrics": metrics},
+               {"spec": {"label": "n", "seed": 0, "columns": {}}, "metrics": never}]  # fmt: skip
+    t = sample_efficiency_table(records).set_index("model")
+    assert t.loc["m", "examples_to_50"] == 200 and t.loc["m", "examples_to_90"] == 300
+    assert math.isnan(t.loc["n", "examples_to_90"]) and t.loc["n", "examples_budget"] == 400
+    assert converged(metrics[-3:] + [{"string_acc": 0.94}]) and not converged(metrics)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_reproduce_smoke_preset_writes_csv_figure_and_report(name, tmp_path, capsys):
+    args = [
+        "reproduce",
+        name,
+        "--scale",
+        "smoke",
+        "--out",
+        str(tmp_path / "runs"),
+        "--workers",
+        "2",
+        "--quiet",
+    ]
+    assert main([*args, "--report-dir", str(tmp_path / "docs")]) == 0
+    stem = f"{name}-smoke"
+    report = (tmp_path / "docs" / f"{stem}.md").read_text()
+    table = pd.read_csv(tmp_path / "docs" / f"{stem}.csv")
+    assert (tmp_path / "docs" / f"{stem}.png").stat().st_size > 10_000
+    assert (tmp_path / "runs" / name / "smoke" / "results.csv").is_file()
+    experiment = get_experiment(name)
+    summary = summarize(table, experiment.group_by, experiment.values)
+    first = summary.iloc[0]
+    value = experiment.values[0]
+    shown = (
+        f"{100 * first[value + '_mean']:.1f}" if value.endswith("_acc") else f"{first[value + '_mean']:.3g}"
+    )
+    assert (
+        f"| {' | '.join(str(first[c]) for c in experiment.group_by)} | {shown}" in report
+    )  # the table's numbers
+    assert f"interp reproduce {name} --scale smoke" in report and "commit" in report
+    assert "runs finished now, 0 were finished before, 0 failed" in capsys.readouterr().out
