@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from interp.generation import decodes_incrementally, greedy_steps
 from interp.models import HookedModel
 from interp.tasks import Batch, TaskConfig, make_batch
 from interp.utils import autocast, resolve_device
@@ -21,6 +22,43 @@ def greedy_predictions(model: HookedModel, batch: Batch) -> Tensor:
     Scored positions are filled left to right: the token the model predicts at position p replaces
     tokens[p + 1] before position p + 1 is read, so one early mistake propagates, as in real
     generation. Unscored tokens (the prompt, and the queries between recall answers) stay as given.
+    Rows may have different scored positions. Entries of positions that no row scores are 0.
+
+    The prefix up to the first scored position is read in one pass (`prefill`), then one
+    `decode_step` per position up to the last scored one (`interp.generation.greedy_steps`: a
+    key/value cache for the transformer, step mode for Mamba, (h, c) for the LSTM): linear in the
+    answer length instead of quadratic. A model without incremental decoding gets the same tokens
+    from `greedy_predictions_reference`.
+    """
+    if not decodes_incrementally(model):
+        return greedy_predictions_reference(model, batch)
+    tokens, score_mask = batch.tokens, batch.score_mask
+    preds = torch.zeros_like(tokens)
+    scored = score_mask.any(0).nonzero().flatten()
+    if not len(scored):
+        return preds
+    first, last = int(scored[0]), int(scored[-1])
+    n_ctx = getattr(model.cfg, "n_ctx", None)
+    if n_ctx is not None and last + 1 > n_ctx:
+        raise ValueError(
+            f"greedy evaluation reads {last + 1} tokens, more than the model's context n_ctx={n_ctx}"
+        )
+
+    def feed(i: int, choice: Tensor) -> Tensor:  # the token read at position first + i + 1
+        p = first + i
+        return torch.where(score_mask[:, p], choice, tokens[:, p + 1])
+
+    choices = greedy_steps(model, tokens[:, : first + 1], last - first + 1, feed=feed, incremental=True)
+    preds[:, scored] = choices[:, scored - first].to(preds.dtype)
+    return preds
+
+
+@torch.no_grad()
+def greedy_predictions_reference(model, batch: Batch) -> Tensor:
+    """`greedy_predictions` by re-running the whole prefix for every scored position (quadratic).
+
+    The definition the cached path is tested against, and the path for models without incremental
+    decoding (any module mapping tokens [B, P] to logits [B, P, V]).
     """
     tokens = batch.tokens.clone()
     preds = torch.zeros_like(tokens)

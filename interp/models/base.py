@@ -19,6 +19,8 @@ from torch import Tensor
 from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
+from interp.generation import decodes_incrementally, greedy_steps
+
 
 class UnknownHookError(KeyError):
     """A hook name that the model does not have; the message lists the closest existing names."""
@@ -104,9 +106,10 @@ class HookedModel(HookedRootModule):
     @torch.no_grad()
     def generate_greedy(self, prompt: Tensor, n_new: int, attention_mask: Tensor | None = None) -> Tensor:
         """prompt [B, P] -> [B, P + n_new]: the prompt read in one pass (`prefill`), then one argmax token
-        per step (`decode_step`: a key/value cache for the transformer, step mode for Mamba).
+        per step (`decode_step`: a key/value cache for the transformer, step mode for Mamba, (h, c) for
+        the LSTM), through `interp.generation.greedy_steps`, the loop task evaluation uses too.
         attention_mask [B, P] marks left padding (0), as in Hugging Face."""
-        if not hasattr(self, "prefill"):
+        if not decodes_incrementally(self):
             raise NotImplementedError(
                 f"{type(self).__name__} has no incremental decoding (prefill/decode_step)"
             )
@@ -122,13 +125,8 @@ class HookedModel(HookedRootModule):
                 f"prompt of {prompt.shape[1]} tokens + {n_new} new ones exceeds the model's n_ctx={n_ctx}"
             )
         self.check_left_padding(attention_mask)
-        logits, state = self.prefill(prompt, attention_mask)
-        out = [prompt]
-        for i in range(n_new):
-            out.append(logits.argmax(-1)[:, None])
-            if i + 1 < n_new:
-                logits, state = self.decode_step(out[-1][:, 0], state)
-        return torch.cat(out, dim=1)
+        new = greedy_steps(self, prompt, n_new, attention_mask=attention_mask, incremental=True)
+        return torch.cat([prompt, new.to(prompt.dtype)], dim=1)
 
     @staticmethod
     def check_left_padding(attention_mask: Tensor | None) -> None:

@@ -4,6 +4,15 @@ The fast path is PyTorch's fused `nn.LSTM`. When a hook watches the state, an ex
 (the reference, tested against `nn.LSTM`) produces hidden and cell state at every position; if a
 hook function edits them, the recurrence is re-run so that later positions see the edited state:
 patching `blocks.{l}.hook_cell` at position t changes every output from t on and none before.
+
+Incremental decoding (`generate_greedy`, `interp.generation`): `prefill(prompt)` reads the prompt in one
+pass and returns the last position's logits with the state, per layer (h, c) [B, d_model] each;
+`decode_step(token, state)` advances every layer by one token with the fused cell. Hooks fire in
+`prefill` (it is a forward pass) but not in `decode_step`, as in Mamba's step mode.
+
+attention_mask [B, P] (1 = token, 0 = padding), as in Hugging Face: the state is held (zero before the
+first real token) through padding, so a left-padded row gives the logits of the sequence alone at
+its real positions. Masked inputs take the explicit loop.
 """
 
 from __future__ import annotations
@@ -19,12 +28,17 @@ from interp.models.base import Hook, HookedModel, StateSize
 
 
 def lstm_reference(
-    x: Tensor, lstm: nn.LSTM, h_edit: Tensor | None = None, c_edit: Tensor | None = None
+    x: Tensor,
+    lstm: nn.LSTM,
+    h_edit: Tensor | None = None,
+    c_edit: Tensor | None = None,
+    mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One-layer LSTM as a plain loop. x: [B, P, D_in] -> hidden, cell: [B, P, D].
 
     h_edit / c_edit ([B, P, D], NaN where not edited) replace the state at the edited entries: an
     edited c_t also feeds h_t = o_t * tanh(c_t), so the edit shows in the output at t and after.
+    mask [B, P] (bool, True = token): at padding positions the state is held unchanged.
     """
     b, p, _ = x.shape
     d = lstm.hidden_size
@@ -36,10 +50,14 @@ def lstm_reference(
     hs, cs = [], []
     for t in range(p):
         i, f, g, o = (gates_x[:, t] + h @ w_hh.T).chunk(4, dim=-1)  # PyTorch's gate order
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         if c_edit is not None:  # before h reads it: an edited cell state shows from position t on
-            c = torch.where(torch.isnan(c_edit[:, t]), c, c_edit[:, t])
-        h = torch.sigmoid(o) * torch.tanh(c)
+            c_new = torch.where(torch.isnan(c_edit[:, t]), c_new, c_edit[:, t])
+        h_new = torch.sigmoid(o) * torch.tanh(c_new)
+        if mask is not None:  # padding: keep the previous state
+            keep = ~mask[:, t, None]
+            c_new, h_new = torch.where(keep, c, c_new), torch.where(keep, h, h_new)
+        c, h = c_new, h_new
         if h_edit is not None:
             h = torch.where(torch.isnan(h_edit[:, t]), h, h_edit[:, t])
         hs.append(h)
@@ -54,16 +72,36 @@ class LSTMLayer(nn.Module):
         self.hook_hidden = Hook()  # [batch, pos, d_model], h_t after each position
         self.hook_cell = Hook()  # [batch, pos, d_model], c_t after each position
 
-    def forward(self, x: Tensor) -> Tensor:
-        if not (self.hook_hidden.active or self.hook_cell.active):
-            return self.lstm(x)[0]  # fast path: nobody looks at the per-position state
-        h, c = lstm_reference(x, self.lstm)
+    def forward(self, x: Tensor, state_out: list | None = None, mask: Tensor | None = None) -> Tensor:
+        """x [B, P, D] -> h [B, P, D]. state_out: append the final (h, c), each [B, D]. mask [B, P] bool."""
+        if mask is None and not (self.hook_hidden.active or self.hook_cell.active):
+            out, (h_n, c_n) = self.lstm(x)  # fast path: nobody looks at the per-position state
+            if state_out is not None:
+                state_out.append((h_n[0], c_n[0]))
+            return out
+        h, c = lstm_reference(x, self.lstm, mask=mask)
         h_new, c_new = self.hook_hidden(h), self.hook_cell(c)
-        if h_new is h and c_new is c:
-            return h
-        # A hook edited the state: replay the recurrence from the edits on.
-        edit = lambda new, old: torch.where(new != old, new, torch.full_like(new, float("nan")))
-        return lstm_reference(x, self.lstm, h_edit=edit(h_new, h), c_edit=edit(c_new, c))[0]
+        if not (h_new is h and c_new is c):
+            # A hook edited the state: replay the recurrence from the edits on.
+            edit = lambda new, old: torch.where(new != old, new, torch.full_like(new, float("nan")))
+            h, c = lstm_reference(x, self.lstm, h_edit=edit(h_new, h), c_edit=edit(c_new, c), mask=mask)
+        if state_out is not None:
+            state_out.append((h[:, -1], c[:, -1]))
+        return h
+
+    def step(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """One position: x [B, D] and (h, c) [B, D] each -> h' [B, D] and (h', c'). Hooks do not fire."""
+        h, c = state
+        out, (h_n, c_n) = self.lstm(x[:, None], (h[None], c[None]))
+        return out[:, 0], (h_n[0], c_n[0])
+
+
+@dataclass
+class LSTMState:
+    """What the LSTM remembers after the tokens read so far: `layers[l]` = (h, c), each [B, d_model]."""
+
+    layers: list[tuple[Tensor, Tensor]]
+    n_tokens: int = 0
 
 
 @dataclass
@@ -92,12 +130,62 @@ class HookedLSTM(HookedModel):
         self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
         self.setup()
 
-    def forward(self, tokens: Tensor) -> Tensor:
+    def forward(
+        self, tokens: Tensor, attention_mask: Tensor | None = None, logits_to_keep: int = 0
+    ) -> Tensor:
+        """tokens [B, P] -> logits [B, P, d_vocab] (the last `logits_to_keep` positions only when > 0).
+
+        attention_mask [B, P] (1 = token, 0 = padding): the state is held through padding.
+        """
+        return self._run(tokens, attention_mask, logits_to_keep)[0]
+
+    def _run(
+        self, tokens: Tensor, attention_mask: Tensor | None, logits_to_keep: int, states: list | None = None
+    ) -> tuple[Tensor, list | None]:
         self.check_tokens(tokens)
+        self.check_logits_to_keep(logits_to_keep)
+        mask = None
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != tuple(tokens.shape):
+                raise ValueError(
+                    f"attention_mask must have the tokens' shape {tuple(tokens.shape)}, "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+            mask = attention_mask.bool()
+            if bool(mask.all()):
+                mask = None  # no padding: the fused path
         x = self.hook_embed(self.embed(tokens))
         for block in self.blocks:
-            x = block(x)
-        return self.unembed(self.ln_final(x))
+            x = block(x, states, mask)
+        if logits_to_keep:
+            x = x[:, -logits_to_keep:]
+        return self.unembed(self.ln_final(x)), states
+
+    # ---- incremental decoding ---------------------------------------------------------------
+    def prefill(self, prompt: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, LSTMState]:
+        """For `generate_greedy`: the prompt in one pass -> (last logits [B, d_vocab], state after it)."""
+        self.check_left_padding(attention_mask)
+        logits, layers = self._run(prompt, attention_mask, 1, states=[])
+        return logits[:, -1], LSTMState(layers=layers, n_tokens=prompt.shape[1])
+
+    def decode_step(self, token: Tensor, state: LSTMState) -> tuple[Tensor, LSTMState]:
+        """For `generate_greedy`: token [B] -> (logits [B, d_vocab], the new state). Hooks do not fire."""
+        if not isinstance(token, Tensor) or token.ndim != 1:
+            shape = tuple(token.shape) if isinstance(token, Tensor) else type(token).__name__
+            raise ValueError(
+                f"decode_step takes one token per sequence, an integer tensor [batch]; got {shape}"
+            )
+        if self.cfg.n_ctx is not None and state.n_tokens >= self.cfg.n_ctx:
+            raise ValueError(
+                f"the state already holds n_ctx={self.cfg.n_ctx} tokens; the model's context is full"
+            )
+        self.check_tokens(token[:, None])
+        x = self.embed(token)
+        layers = []
+        for block, layer_state in zip(self.blocks, state.layers):
+            x, new = block.step(x, layer_state)
+            layers.append(new)
+        return self.unembed(self.ln_final(x)), LSTMState(layers=layers, n_tokens=state.n_tokens + 1)
 
     def state_size(self) -> StateSize:
         return StateSize(tuple(2 * self.cfg.d_model for _ in self.blocks))
