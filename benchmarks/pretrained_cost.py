@@ -50,7 +50,7 @@ import torch
 
 from benchmarks import common
 from interp.analysis.pretrained_evals import EvalPrompt, generate, phonebook_entries, phonebook_prompts
-from interp.models.tiny_pretrained import make_tokenizer
+from interp.testing import make_tokenizer
 
 # ---- model presets -----------------------------------------------------------------------------------
 # Published architectures, checked against:
@@ -173,7 +173,7 @@ def load_tokenizer(spec: str):
     if spec == "neox-like":
         return neox_like_tokenizer(), "neox-like (local BPE, GPT-NeoX pre-tokenizer, lengths within 1%)"
     if spec == "tiny":
-        return make_tokenizer(), "tiny (interp.models.tiny_pretrained, ~2.4x GPT-NeoX's lengths)"
+        return make_tokenizer(), "tiny (interp.testing, ~2.4x GPT-NeoX's lengths)"
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     if os.path.isfile(spec):

@@ -4,7 +4,7 @@
     python -m benchmarks.pretrained_generation --quick    # smoke test
 
 The same tiny random checkpoints (a Pythia-style GPT-NeoX and a Hugging Face Mamba, saved to a temporary
-folder with a locally trained tokenizer, `interp.models.tiny_pretrained`) are loaded twice: with
+folder with a locally trained tokenizer, `interp.testing`) are loaded twice: with
 `interp.load` and with `AutoModelForCausalLM.from_pretrained`. Workloads: the text-copy evaluation
 (`batch` prompts of one passage length, so neither side pads; `passage - 2` new tokens each) and the
 phone-book evaluation (books of 4-12 entries, so prompt lengths differ and both sides left-pad with an
@@ -23,7 +23,7 @@ import torch
 import interp
 from benchmarks import common
 from interp.analysis.pretrained_evals import generate, left_pad, phonebook_prompts, text_copy_prompts
-from interp.models.tiny_pretrained import TEXT, make_folders
+from interp.testing import TEXT, make_folders
 
 
 def workloads(tokenizer, quick: bool) -> list[tuple[str, list]]:

@@ -41,7 +41,12 @@ import torch  # noqa: E402
 
 from interp import load  # noqa: E402
 from interp.analysis.circuits import circuit_from_path_patching, render  # noqa: E402
-from interp.analysis.heads import attention_patterns, head_scores  # noqa: E402
+from interp.analysis.heads import (  # noqa: E402
+    attention_patterns,
+    has_attention,
+    has_selective_scan,
+    head_scores,
+)
 from interp.analysis.patching import (  # noqa: E402
     activation_patching,
     attribution_patching,
@@ -56,6 +61,7 @@ from interp.analysis.plotting import (  # noqa: E402
     plot_head_scores,
     plot_patching_heatmap,
 )
+from interp.hooks import components, model_label  # noqa: E402
 from interp.models import build_model  # noqa: E402
 from interp.models.hash_copy import build_hash_copy  # noqa: E402
 from interp.models.loading import atomic_write, atomic_write_text  # noqa: E402
@@ -153,19 +159,20 @@ def main(argv=None) -> int:
     clean, corrupt = paired_batches(task, args.examples, length, seed=args.seed)
     metric = make_metric("logit_diff", clean, corrupt)
     n_pos = clean.tokens.shape[1]
-    summary: dict = {"model": args.model, "arch": model.arch, "length": length, "n_pos": n_pos}
+    summary: dict = {"model": args.model, "arch": model_label(model), "length": length, "n_pos": n_pos}
+    attention = has_attention(model)
 
     # 1. detectors
     window = args.ngram + 1
-    if model.arch in ("transformer", "mamba"):
+    if attention or has_selective_scan(model):
         scores = head_scores(model, clean, offsets=(1,), windows=(window,))
         save_csv(scores, out / "head_scores.csv")
         save_fig(plot_head_scores(scores, title="head detector scores (copy task)"), out / "head_scores.png")
     else:
         scores = None
 
-    # 2. activation patching: heads, heads x positions, residual stream
-    if model.arch == "transformer":
+    # 2. activation patching: heads, heads x positions, residual stream (and recurrent state)
+    if attention:
         heads = pd.concat(
             [
                 patch_grid(model, clean.tokens, corrupt.tokens, metric, "z", heads=True, mode=mode).assign(
@@ -193,12 +200,12 @@ def main(argv=None) -> int:
             out / "heatmap_head_pos.png",
         )
         summary["attribution_vs_activation_corr"] = float(by_pos["effect"].corr(by_pos["attribution_effect"]))
-        resid_components = ["resid_pre"]
     else:
         noise = None
-        resid_components = {"mamba": ["resid_pre", "mixer_out", "ssm_state"], "lstm": ["hidden", "cell"]}.get(
-            model.arch, ["resid_pre"]
-        )
+    available = components(model)
+    resid_components = [
+        c for c in ("resid_pre", "mixer_out", "ssm_state", "hidden", "cell") if c in available
+    ]
     resid = pd.concat(
         [
             patch_grid(model, clean.tokens, corrupt.tokens, metric, c, positions=True, mode="noise")
@@ -212,8 +219,8 @@ def main(argv=None) -> int:
         out / "heatmap_resid.png",
     )
 
-    # 3. path patching and the circuit (transformers)
-    if model.arch == "transformer":
+    # 3. path patching and the circuit (attention heads)
+    if attention:
         paths = path_patching(model, clean.tokens, corrupt.tokens, metric, mode="noise")
         save_csv(paths, out / "paths.csv")
         roles = node_roles(scores)

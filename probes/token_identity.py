@@ -30,6 +30,7 @@ import torch
 import interp
 from interp.analysis.plotting import plot_probe_heatmap
 from interp.analysis.probing import SOLVERS, probe_lags
+from interp.hooks import has_hooks
 from interp.models import HookedModel
 from interp.models.loading import atomic_write, atomic_write_text
 from interp.tasks import TaskConfig, make_batch
@@ -65,7 +66,7 @@ def checkpoint_task(model: HookedModel, n_letters: int | None) -> TaskConfig:
 def default_hooks(model: HookedModel) -> list[str]:
     """hook_embed, then one residual-stream (or LSTM hidden-state) hook per layer."""
     n_layers = getattr(model.cfg, "n_layers", 0)
-    per_layer = "hook_hidden" if model.arch == "lstm" else "hook_resid_post"
+    per_layer = "hook_resid_post" if has_hooks(model, "blocks.{layer}.hook_resid_post") else "hook_hidden"
     names = ["hook_embed"] + [f"blocks.{layer}.{per_layer}" for layer in range(n_layers)]
     return [name for name in names if name in model.hook_dict]
 

@@ -2,8 +2,7 @@ import matplotlib
 import pytest
 import torch
 
-from interp.analysis import circuits
-from interp.analysis.circuits import CircuitGraph, Edge, circuit_from_path_patching, render, to_dot
+from interp.analysis.circuits import CircuitGraph, Edge, circuit_from_path_patching, drawing, render, to_dot
 from interp.analysis.heads import attention_patterns, head_scores
 from interp.analysis.patching import make_metric, paired_batches, patch_grid, path_patching
 from interp.analysis.plotting import plot_attention_pattern, plot_head_scores, plot_patching_heatmap
@@ -53,7 +52,7 @@ def test_dot_and_pictures_are_written(paths, tmp_path, monkeypatch):
     assert dot.startswith("digraph circuit {") and dot.rstrip().endswith("}")
     assert '"L0H0" -> "L1H4" [label="q ' in dot and 'label="L1H4\\nlookup"' in dot
     assert 'label="hash \\"copy\\""' in dot  # quotes escaped
-    monkeypatch.setattr(circuits.shutil, "which", lambda name: None)  # no graphviz: matplotlib draws it
+    monkeypatch.setattr(drawing.shutil, "which", lambda name: None)  # no graphviz: matplotlib draws it
     written = render(graph, tmp_path / "circuit")
     assert written["renderer"] == "matplotlib"
     assert (tmp_path / "circuit.dot").read_text() == dot
@@ -63,7 +62,7 @@ def test_dot_and_pictures_are_written(paths, tmp_path, monkeypatch):
 
 
 def test_render_uses_graphviz_when_installed(tmp_path):
-    if circuits.shutil.which("dot") is None:
+    if drawing.shutil.which("dot") is None:
         pytest.skip("the graphviz `dot` program is not installed")
     graph = CircuitGraph(nodes={"a": {"layer": 0, "role": ""}, "b": {"layer": 1, "role": ""}})
     graph.edges.append(Edge("a", "b", "q", 0.5))

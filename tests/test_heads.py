@@ -125,7 +125,7 @@ def test_mamba_patterns_are_scored_like_heads():
     scores = head_scores(model, b)
     assert set(scores.score) == {"offset_1", "lookup", "lookup_next"} and len(scores) == 6
     assert scores.value.between(0, 1).all()
-    with pytest.raises(ValueError, match="needs a transformer"):
+    with pytest.raises(ValueError, match="needs attention heads.*mamba has none"):
         attention_patterns(model, b.tokens)
     with pytest.raises(ValueError, match="reduce='max' is not allowed"):
         mamba_patterns(model, b.tokens, reduce="max")

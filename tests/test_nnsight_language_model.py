@@ -14,7 +14,7 @@ import torch
 
 import interp
 from interp.analysis.pretrained_evals import encode, phonebook_prompts
-from interp.models.tiny_pretrained import make_folders
+from interp.testing import make_folders
 
 pytest.importorskip("nnsight")
 

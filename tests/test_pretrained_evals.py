@@ -25,8 +25,8 @@ from interp.analysis.pretrained_evals import (
     text_copy_prompts,
 )
 from interp.models.mamba import HookedMamba
-from interp.models.tiny_pretrained import SQUAD, TEXT, make_folders, make_tokenizer
 from interp.models.transformer import HookedTransformer
+from interp.testing import SQUAD, TEXT, make_folders, make_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +147,7 @@ def test_load_folder_matches_hugging_face_and_attaches_tokenizer(folders, kind, 
 
 
 def test_folder_without_tokenizer_has_none(tmp_path, tokenizer):
-    from interp.models.tiny_pretrained import save_pythia
+    from interp.testing import save_pythia
 
     save_pythia(tmp_path, tokenizer)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
@@ -162,7 +162,7 @@ def test_folder_without_tokenizer_has_none(tmp_path, tokenizer):
 
 def test_bin_weights_are_loaded_without_unpickling_code(tmp_path, tokenizer, monkeypatch):
     """A pytorch_model.bin holding a pickled object (not just tensors) is refused, not executed."""
-    from interp.models.tiny_pretrained import save_pythia
+    from interp.testing import save_pythia
 
     monkeypatch.chdir(tmp_path)  # where the exploit would write "pwned"
     hf = save_pythia(tmp_path, tokenizer)
@@ -297,7 +297,7 @@ def test_script_runs_end_to_end(folders, script, task, extra, tmp_path):
 
 def test_script_skips_what_does_not_fit_one_model(script, folders, tokenizer, tmp_path, capsys):
     """A short-context transformer drops the long passages (and says so); Mamba still gets them."""
-    from interp.models.tiny_pretrained import save_pythia
+    from interp.testing import save_pythia
 
     save_pythia(tmp_path / "short", tokenizer, n_ctx=64)
     text = str(folders["pythia"].parent / "text.txt")

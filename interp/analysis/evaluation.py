@@ -8,6 +8,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from interp.generation import decodes_incrementally, greedy_steps
+from interp.hooks import model_device, model_label
 from interp.models import HookedModel
 from interp.tasks import Batch, TaskConfig, make_batch
 from interp.utils import autocast, resolve_device
@@ -99,7 +100,7 @@ def evaluate(
             f"vocabulary mismatch: task with {task.n_letters} letters has {task.vocab.size} tokens but the model "
             f"has d_vocab={model.cfg.d_vocab}"
         )
-    device = resolve_device(device) if device is not None else model.device
+    device = resolve_device(device) if device is not None else model_device(model)
     model.to(device).eval()
     max_tokens = getattr(model.cfg, "n_ctx", None)
     unpacked = TaskConfig.from_dict({**task.to_dict(), "pack_context": None})
@@ -120,7 +121,7 @@ def evaluate(
             chars.append(char_acc.cpu())
         rows.append(
             {
-                "model": name or model.arch,
+                "model": name or model_label(model),
                 "task": task.task,
                 "length": length,
                 "mode": mode,

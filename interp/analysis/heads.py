@@ -39,29 +39,50 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from interp.models import HookedModel
+from interp.hooks import check_model, has_hooks, model_label, run_and_cache
 from interp.tasks import Batch
+
+ATTENTION_HOOKS = ("blocks.{layer}.attn.hook_pattern", "blocks.{layer}.attn.hook_z")
+SCAN_HOOKS = ("blocks.{layer}.mixer.hook_ssm_dt",)  # + hook_B and hook_C, or hook_x_proj to split them from
 
 # ---------------------------------------------------------------------------------------------
 # Attention-like tensors
 # ---------------------------------------------------------------------------------------------
 
 
+def has_attention(model) -> bool:
+    """Attention heads in every layer: `hook_pattern` and `hook_z` (and cfg.n_heads)."""
+    return hasattr(model.cfg, "n_heads") and has_hooks(model, *ATTENTION_HOOKS)
+
+
+def has_selective_scan(model) -> bool:
+    """A Mamba-1 selective scan in every layer: dt, B and C hooks (B and C may come from `hook_x_proj`)
+    and the mixer's `A_log` parameter."""
+    if not has_hooks(model, *SCAN_HOOKS):
+        return False
+    bc = has_hooks(model, "blocks.{layer}.mixer.hook_B", "blocks.{layer}.mixer.hook_C")
+    return (bc or has_hooks(model, "blocks.{layer}.mixer.hook_x_proj")) and _a_log(model, 0) is not None
+
+
 @torch.no_grad()
-def attention_patterns(model: HookedModel, tokens: Tensor) -> Tensor:
-    """Transformer attention patterns of every layer, stacked: [L, B, H, P, P]."""
-    if model.arch != "transformer":
-        raise ValueError(f"attention_patterns needs a transformer, got a {model.arch}; use mamba_patterns")
+def attention_patterns(model, tokens: Tensor) -> Tensor:
+    """Attention patterns of every layer, stacked: [L, B, H, P, P]."""
+    check_model(model, "n_layers")
+    if not has_attention(model):
+        raise ValueError(
+            f"attention_patterns needs attention heads (hooks {', '.join(ATTENTION_HOOKS)}); "
+            f"{model_label(model)} has none, use mamba_patterns for a selective scan"
+        )
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
-    _, cache = model.run_with_cache(tokens, names_filter=names)
+    _, cache = run_and_cache(model, tokens, names)
     return torch.stack([cache[n] for n in names])
 
 
 @torch.no_grad()
-def head_activity(model: HookedModel, tokens: Tensor) -> Tensor:
+def head_activity(model, tokens: Tensor) -> Tensor:
     """RMS of each head's output `hook_z` over batch, positions and d_head: [L, H], max scaled to 1."""
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
-    _, cache = model.run_with_cache(tokens, names_filter=names)
+    _, cache = run_and_cache(model, tokens, names)
     rms = torch.stack([cache[n].float().pow(2).mean((0, 1, 3)).sqrt() for n in names])  # [L, H]
     return rms / rms.max().clamp(min=1e-12)
 
@@ -85,28 +106,50 @@ def ssm_attention(dt_raw: Tensor, B: Tensor, C: Tensor, A_log: Tensor) -> Tensor
 
 
 @torch.no_grad()
-def mamba_patterns(model: HookedModel, tokens: Tensor, reduce: str = "mean") -> Tensor:
+def mamba_patterns(model, tokens: Tensor, reduce: str = "mean") -> Tensor:
     """Row-normalised |M| of every Mamba layer as attention-like patterns.
 
     Returns [L, B, D_inner, P, P] (`reduce="none"`: each channel is a "head") or [L, B, 1, P, P]
-    (`reduce="mean"`: the channels' normalised patterns averaged).
+    (`reduce="mean"`: the channels' normalised patterns averaged). Works on any model with a Mamba-1
+    scan's hooks (`has_selective_scan`): interp's, or TransformerLens's bridge (with
+    `block.mixer.eager_scan = True`, where B and C are split from `hook_x_proj`).
     """
-    if model.arch != "mamba":
-        raise ValueError(f"mamba_patterns needs a Mamba model, got a {model.arch}")
+    check_model(model, "n_layers")
+    if not has_selective_scan(model):
+        raise ValueError(
+            f"mamba_patterns needs a Mamba-1 selective scan (hooks mixer.hook_ssm_dt and hook_B/hook_C or "
+            f"hook_x_proj, and the mixer's A_log); {model_label(model)} has none"
+        )
     if reduce not in ("mean", "none"):
         raise ValueError(f"reduce={reduce!r} is not allowed; use 'mean' or 'none'")
     layers = range(model.cfg.n_layers)
-    names = [f"blocks.{layer}.mixer.hook_{h}" for layer in layers for h in ("ssm_dt", "B", "C")]
-    _, cache = model.run_with_cache(tokens, names_filter=names)
+    split = not has_hooks(model, "blocks.{layer}.mixer.hook_B")
+    parts = ("ssm_dt", "x_proj") if split else ("ssm_dt", "B", "C")
+    names = [f"blocks.{layer}.mixer.hook_{h}" for layer in layers for h in parts]
+    _, cache = run_and_cache(model, tokens, names)
     out = []
     for layer in layers:
         pre = f"blocks.{layer}.mixer.hook_"
-        M = ssm_attention(
-            cache[pre + "ssm_dt"], cache[pre + "B"], cache[pre + "C"], model.blocks[layer].mixer.A_log
-        ).abs()
+        A_log = _a_log(model, layer)
+        if split:  # x_proj output = [dt_low | B | C], B and C of width N = A_log.shape[1]
+            n = A_log.shape[1]
+            B, C = cache[pre + "x_proj"][..., -2 * n : -n], cache[pre + "x_proj"][..., -n:]
+        else:
+            B, C = cache[pre + "B"], cache[pre + "C"]
+        M = ssm_attention(cache[pre + "ssm_dt"], B, C, A_log).abs()
         pattern = M / M.sum(-1, keepdim=True).clamp(min=1e-12)
         out.append(pattern.mean(1, keepdim=True) if reduce == "mean" else pattern)
     return torch.stack(out)
+
+
+def _a_log(model, layer: int) -> Tensor | None:
+    """The scan's A_log [D_inner, N] of one layer: a parameter of the module the mixer hooks live in
+    (`blocks.{l}.mixer`, interp's and the bridge's module path alike); None where there is none."""
+    try:
+        a_log = getattr(model.get_submodule(f"blocks.{layer}.mixer"), "A_log", None)
+    except AttributeError:
+        return None
+    return a_log if isinstance(a_log, Tensor) and a_log.ndim == 2 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,23 +269,28 @@ def score_patterns(
 
 
 def head_scores(
-    model: HookedModel,
+    model,
     batch: Batch,
     offsets: Sequence[int] = (1,),
     windows: Sequence[int] = (),
 ) -> pd.DataFrame:
-    """`score_patterns` on the model's own patterns (transformer heads, or Mamba channel means),
-    plus each head's `activity` (transformers; see the module docstring)."""
-    if model.arch == "transformer":
+    """`score_patterns` on the model's own patterns (attention heads, or a selective scan's channel
+    means), plus each head's `activity` (attention heads; see the module docstring). Any model of the
+    hook contract with attention hooks or Mamba-1 scan hooks (`has_attention`, `has_selective_scan`)."""
+    check_model(model, "n_layers")
+    if has_attention(model):
         df = score_patterns(attention_patterns(model, batch.tokens), batch, offsets, windows)
         activity = head_activity(model, batch.tokens)
         df["activity"] = [float(activity[r.layer, r.head]) for r in df.itertuples()]
         return df
-    if model.arch == "mamba":
+    if has_selective_scan(model):
         df = score_patterns(mamba_patterns(model, batch.tokens, reduce="mean"), batch, offsets, windows)
         df["activity"] = 1.0
         return df
-    raise ValueError(f"head scores need a transformer or Mamba model, got a {model.arch}")
+    raise ValueError(
+        f"head scores need attention heads (hooks {', '.join(ATTENTION_HOOKS)}) or a Mamba-1 selective scan "
+        f"(mixer.hook_ssm_dt, hook_B/hook_C or hook_x_proj, A_log); {model_label(model)} has neither"
+    )
 
 
 def rank_heads(scores: pd.DataFrame, score: str, min_activity: float = 0.0) -> pd.DataFrame:

@@ -52,7 +52,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from interp.models import HookedModel
+from interp.hooks import (
+    check_hook_name,
+    check_model,
+    check_tokens,
+    declare_axes,
+    hook_info,
+    model_device,
+    run_and_cache,
+)
 
 SOLVERS = ("ridge", "logistic")
 DEFAULT_LAMBDAS = tuple(10.0**e for e in range(-6, 3))  # relative to the mean eigenvalue of X^T X
@@ -64,13 +72,13 @@ DEFAULT_MAX_BATCH_BYTES = 256 * 2**20
 # ---------------------------------------------------------------------------------------------
 # Gathering activations
 # ---------------------------------------------------------------------------------------------
-def position_axis(model: HookedModel, hook: str) -> int:
-    """Axis of an activation that indexes positions: 1 for [B, P, ...]; 2 for `hook_ssm_state`
-    [B, D_inner, P, N] and other hooks that declare `pos_dim`; 2 (the query) for attention patterns."""
-    pos_dim = getattr(model.hook_dict[hook], "pos_dim", None)
-    if pos_dim is not None:
-        return int(pos_dim)
-    return 2 if hook.endswith(("hook_pattern", "hook_attn_scores")) else 1
+def position_axis(model, hook: str) -> int:
+    """Axis of hook `hook`'s activation that indexes positions, from its declared axes (`interp.hooks`):
+    1 for [B, P, ...]; 2 for `hook_ssm_state` [B, D_inner, P, N]; 2 (the query) for attention patterns."""
+    pos = hook_info(model, hook).pos
+    if pos is None:
+        raise ValueError(f"{hook!r} has no position axis, so it cannot be read at positions")
+    return pos
 
 
 def _as_read_positions(read_positions: Tensor | Sequence[int] | int, n_examples: int, n_pos: int) -> Tensor:
@@ -94,42 +102,47 @@ def _as_read_positions(read_positions: Tensor | Sequence[int] | int, n_examples:
     return rp
 
 
-def _hook_list(model: HookedModel, hooks: str | Sequence[str]) -> list[str]:
+def _hook_list(model, hooks: str | Sequence[str]) -> list[str]:
+    check_model(model)
     names = [hooks] if isinstance(hooks, str) else list(hooks)
     if not names:
         raise ValueError("give at least one hook name to probe")
     for name in names:
-        model.check_hook_name(name)  # unknown names raise, listing the closest ones
+        check_hook_name(model, name)  # unknown names raise, listing the closest ones
+        position_axis(model, name)  # and so do unknown axes, before any forward pass
     return names
 
 
 @torch.no_grad()
 def gather_activations(
-    model: HookedModel,
+    model,
     tokens: Tensor,
     hooks: str | Sequence[str],
     read_positions: Tensor | Sequence[int] | int,
     batch_size: int | None = None,
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    axes: dict[str, str] | None = None,
 ) -> Tensor:
     """Activations of `hooks` at the read positions, streamed over batches of examples.
 
     tokens: [B, P]; read_positions: int, [R] (the same for every example) or [B, R].
     Returns [B, R, F] float32, F = the sum over hooks of the flattened per-position activation size.
     batch_size: examples per forward pass; default: as many as keep one batch's cached activations
-    under `max_batch_bytes`.
+    under `max_batch_bytes`. model: any model of the hook contract; axes: {hook or template: axes} for
+    hooks whose axes it does not declare (`interp.hooks.declare_axes`).
     """
+    declare_axes(model, axes)
     names = _hook_list(model, hooks)
-    model.check_tokens(tokens)
+    check_tokens(model, tokens)
     n, p = tokens.shape
     rp = _as_read_positions(read_positions, n, p)
-    device = model.device
+    device = model_device(model)
     out: Tensor | None = None
     start = 0
     while start < n:
         size = 1 if out is None else batch_size  # the first example measures the activation size
         part = slice(start, min(n, start + size))
-        _, cache = model.run_with_cache(tokens[part].to(device), names_filter=names)
+        _, cache = run_and_cache(model, tokens[part].to(device), names)
         feats, n_bytes = [], 0
         for name in names:
             act = cache[name]
@@ -450,7 +463,7 @@ def _logistic(
 # One call from a model
 # ---------------------------------------------------------------------------------------------
 def probe_tokens(
-    model: HookedModel,
+    model,
     tokens: Tensor,
     hooks: str | Sequence[str],
     read_positions: Tensor | Sequence[int] | int,
@@ -458,6 +471,7 @@ def probe_tokens(
     positions: Sequence[int] | None = None,
     batch_size: int | None = None,
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    axes: dict[str, str] | None = None,
     **fit_options,
 ) -> pd.DataFrame:
     """Decode past tokens from `hooks` read at `read_positions` (give `lags` or absolute `positions`).
@@ -466,11 +480,13 @@ def probe_tokens(
     read position and the eight before it; positions: absolute token positions instead.
     Returns `fit_probes`'s DataFrame with a `lag` (or `position`) column and the hook names.
     fit_options: solver ("ridge" | "logistic"), test_fraction, lambdas, control, seed, ...
+    axes: as in `gather_activations`.
     """
     if (lags is None) == (positions is None):
         raise ValueError("give exactly one of lags= (relative offsets) or positions= (absolute positions)")
+    declare_axes(model, axes)
     names = _hook_list(model, hooks)
-    model.check_tokens(tokens)
+    check_tokens(model, tokens)
     rp = _as_read_positions(read_positions, tokens.shape[0], tokens.shape[1])
     if lags is not None:
         lags = list(lags)
@@ -489,7 +505,7 @@ def probe_tokens(
 
 
 def probe_lags(
-    model: HookedModel,
+    model,
     tokens: Tensor,
     hooks: str | Sequence[str],
     read_positions: Tensor | Sequence[int] | int,

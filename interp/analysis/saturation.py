@@ -33,27 +33,23 @@ import torch
 
 from interp.analysis.evaluation import evaluate
 from interp.analysis.probing import DEFAULT_MAX_BATCH_BYTES, above_chance, probe_tokens
-from interp.models import HookedModel
+from interp.hooks import check_model, model_label, state_hooks
 from interp.tasks import TaskConfig, make_batch
 
 STRING_FIRST_TASKS = ("copy", "suffix_lookup", "induction")  # the string sits at positions 1..L
 
 
-def default_state_hooks(model: HookedModel) -> list[str]:
-    """The hooks that hold a model's recurrent state at one position, all layers together.
-
-    Mamba: `blocks.{l}.mixer.hook_ssm_state` (the conv cache, 3 inputs, is left out); LSTM:
-    `blocks.{l}.hook_hidden` and `hook_cell`; shift register: `hook_state`; others (transformers, whose
-    memory is not a fixed state): the last layer's residual stream at that position.
+def default_state_hooks(model) -> list[str]:
+    """The hooks that hold a model's recurrent state at one position, all layers together: those whose
+    axes declaration says `state` (`interp.hooks.state_hooks`: Mamba's `blocks.{l}.mixer.hook_ssm_state`,
+    without the 3-input conv cache; the LSTM's `blocks.{l}.hook_hidden` and `hook_cell`; the shift
+    register's `hook_state`). Models without one (transformers, whose memory is not a fixed state): the
+    last layer's residual stream at that position.
     """
-    n_layers = getattr(model.cfg, "n_layers", 1)
-    if model.arch == "mamba":
-        return [f"blocks.{layer}.mixer.hook_ssm_state" for layer in range(n_layers)]
-    if model.arch == "lstm":
-        return [f"blocks.{layer}.hook_{part}" for layer in range(n_layers) for part in ("hidden", "cell")]
-    if "hook_state" in model.hook_dict:
-        return ["hook_state"]
-    return [f"blocks.{n_layers - 1}.hook_resid_post"]
+    found = state_hooks(model)
+    if found:
+        return found
+    return [f"blocks.{getattr(model.cfg, 'n_layers', 1) - 1}.hook_resid_post"]
 
 
 @dataclass
@@ -63,7 +59,7 @@ class SaturationResult:
 
 
 def state_saturation(
-    model: HookedModel,
+    model,
     task: TaskConfig,
     lengths: Sequence[int],
     hooks: str | Sequence[str] | None = None,
@@ -95,10 +91,11 @@ def state_saturation(
             f"vocabulary mismatch: the task's {task.vocab.size} tokens do not fit the model's d_vocab="
             f"{model.cfg.d_vocab}"
         )
+    check_model(model)
     hooks = default_state_hooks(model) if hooks is None else hooks
     unpacked = TaskConfig.from_dict({**task.to_dict(), "pack_context": None})
-    size = model.state_size()
-    label = name or model.arch
+    size = model.state_size() if hasattr(model, "state_size") else None
+    label = name or model_label(model)
     summaries, per_letter = [], []
     for length in lengths:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + length)

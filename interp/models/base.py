@@ -8,7 +8,6 @@ like any other `nn.Module`. Subclasses set `arch`, keep their dataclass config i
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,13 +19,9 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from interp.generation import decodes_incrementally, greedy_steps
+from interp.hooks import HookInfo, UnknownHookError, axes_of, check_hook_name, check_tokens
 
-
-class UnknownHookError(KeyError):
-    """A hook name that the model does not have; the message lists the closest existing names."""
-
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return str(self.args[0])
+__all__ = ["Hook", "HookedModel", "StateSize", "UnknownHookError"]
 
 
 class Hook(HookPoint):
@@ -34,7 +29,17 @@ class Hook(HookPoint):
 
     TransformerLens silently passes a wrongly shaped return value on, which then fails far away (or
     worse, broadcasts). Here the error names the hook and the shape it must keep.
+
+    `Hook("batch pos head d_head")` declares the activation's axes once, for every analysis
+    (`interp.hooks`); `state`, `patch` and `grad_via` go into its `HookInfo` too.
     """
+
+    def __init__(self, axes: str | None = None, **info):
+        super().__init__()
+        self.info: HookInfo | None = None
+        if axes is not None:
+            self.info = HookInfo(axes_of(axes).axes, **info)
+            self.pos_dim = self.info.pos  # HookPoint's own (optional) field for the position axis
 
     def __call__(self, x: Tensor) -> Tensor:
         out = super().__call__(x)  # nn.Module.__call__ already skips hook dispatch when none exist
@@ -86,22 +91,7 @@ class HookedModel(HookedRootModule):
     # ---- inputs -------------------------------------------------------------------------------
     def check_tokens(self, tokens: Tensor) -> None:
         """Raise a clear error for tokens the model cannot take (wrong rank, ids, or too long)."""
-        if not isinstance(tokens, Tensor) or tokens.ndim != 2:
-            shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-            raise ValueError(f"tokens must be an integer tensor of shape [batch, pos], got {shape}")
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"tokens must be int64 or int32 token ids, got {tokens.dtype}")
-        n_ctx = getattr(self.cfg, "n_ctx", None)
-        if n_ctx is not None and tokens.shape[1] > n_ctx:
-            raise ValueError(
-                f"sequence of {tokens.shape[1]} tokens is longer than the model's context n_ctx={n_ctx}; "
-                f"use shorter strings or build the model with a larger n_ctx"
-            )
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.d_vocab):
-            raise ValueError(
-                f"token ids must lie in [0, {self.cfg.d_vocab}) for this model's vocabulary, got "
-                f"min {int(tokens.min())}, max {int(tokens.max())}"
-            )
+        check_tokens(self, tokens)
 
     @torch.no_grad()
     def generate_greedy(self, prompt: Tensor, n_new: int, attention_mask: Tensor | None = None) -> Tensor:
@@ -149,17 +139,32 @@ class HookedModel(HookedRootModule):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    # ---- what TransformerLens's utilities read ------------------------------------------------------
+    def setup(self) -> None:
+        super().setup()
+        self._sync_cfg_device()
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .cuda(), .half(), ... all pass through here
+        out = super()._apply(fn, *args, **kwargs)
+        self._sync_cfg_device()
+        return out
+
+    def _sync_cfg_device(self) -> None:
+        """`cfg.device` follows the weights: `transformer_lens.patching` allocates its results there. It
+        is a plain attribute, not a config field, so checkpoints do not store it."""
+        cfg = getattr(self, "cfg", None)
+        if cfg is not None:
+            try:
+                cfg.device = str(self.device)
+            except StopIteration:  # no parameters (yet)
+                cfg.device = "cpu"
+
     # ---- hook names ---------------------------------------------------------------------------
     def hook_names(self) -> list[str]:
         return list(self.hook_dict)
 
     def check_hook_name(self, name: str) -> None:
-        if name not in self.hook_dict:
-            close = difflib.get_close_matches(name, self.hook_dict, n=5, cutoff=0.5)
-            hint = (
-                f"closest: {', '.join(close)}" if close else f"it has: {', '.join(self.hook_names()[:12])}..."
-            )
-            raise UnknownHookError(f"{type(self).__name__} has no hook named {name!r}; {hint}")
+        check_hook_name(self, name)
 
     def add_hook(self, name: str | Callable[[str], bool], hook, *args, **kwargs) -> None:
         if isinstance(name, str):

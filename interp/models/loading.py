@@ -114,7 +114,7 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     unexpected = sorted(k for k in state if k not in expected)
     shapes = [
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in state
+        for k in sorted(state)  # safetensors returns keys in no fixed order; errors should not vary
         if k in expected and state[k].shape != expected[k].shape
     ]
     if missing or unexpected or shapes:

@@ -69,8 +69,12 @@ class LSTMLayer(nn.Module):
     def __init__(self, d_model: int):
         super().__init__()
         self.lstm = nn.LSTM(d_model, d_model, batch_first=True)
-        self.hook_hidden = Hook()  # [batch, pos, d_model], h_t after each position
-        self.hook_cell = Hook()  # [batch, pos, d_model], c_t after each position
+        self.hook_hidden = Hook(
+            "batch pos d_model", state=True, patch="recurrence"
+        )  # [batch, pos, d_model], h_t after each position
+        self.hook_cell = Hook(
+            "batch pos d_model", state=True, patch="recurrence"
+        )  # [batch, pos, d_model], c_t after each position
 
     def forward(self, x: Tensor, state_out: list | None = None, mask: Tensor | None = None) -> Tensor:
         """x [B, P, D] -> h [B, P, D]. state_out: append the final (h, c), each [B, D]. mask [B, P] bool."""
@@ -124,7 +128,7 @@ class HookedLSTM(HookedModel):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
         nn.init.normal_(self.embed.weight, std=cfg.init_std)
-        self.hook_embed = Hook()  # [batch, pos, d_model]
+        self.hook_embed = Hook("batch pos d_model")  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([LSTMLayer(cfg.d_model) for _ in range(cfg.n_layers)])
         self.ln_final = nn.LayerNorm(cfg.d_model)
         self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)

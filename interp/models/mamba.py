@@ -146,6 +146,9 @@ class MambaConfig(Config):
     def d_inner(self) -> int:
         return self.expand * self.d_model
 
+    normalization_type = "RMS"  # what TransformerLens's utilities read (see TransformerConfig)
+    n_key_value_heads = None
+
     @property
     def rank(self) -> int:
         """dt_rank with "auto" resolved."""
@@ -174,8 +177,8 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
         self.eps = eps
-        self.hook_scale = Hook()  # [batch, pos, 1]
-        self.hook_normalized = Hook()  # [batch, pos, d_model], before the weight
+        self.hook_scale = Hook("batch pos one")  # [batch, pos, 1]
+        self.hook_normalized = Hook("batch pos d_model")  # [batch, pos, d_model], before the weight
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.float()
@@ -199,20 +202,22 @@ class MambaMixer(nn.Module):
         self.A_log._no_weight_decay = True  # mamba-ssm's marker for parameters to keep out of weight decay
         self.D._no_weight_decay = True
 
-        self.hook_in_proj = Hook()  # [batch, pos, 2 * d_inner]
-        self.hook_gate = Hook()  # [batch, pos, d_inner], z before SiLU
-        self.hook_conv = Hook()  # [batch, d_inner, pos + d_conv - 1], before trim and SiLU
-        self.hook_ssm_in = Hook()  # [batch, pos, d_inner], u = SiLU(conv)
-        self.hook_x_proj = Hook()  # [batch, pos, dt_rank + 2 * d_state]
-        self.hook_B = Hook()  # [batch, pos, d_state]
-        self.hook_C = Hook()  # [batch, pos, d_state]
-        self.hook_ssm_dt = Hook()  # [batch, pos, d_inner], before softplus
-        self.hook_ssm_write = Hook()  # [batch, d_inner, pos, d_state]
-        self.hook_ssm_state = Hook()  # [batch, d_inner, pos, d_state]
-        self.hook_scan_out = Hook()  # [batch, pos, d_inner]
-        self.hook_ssm_out = Hook()  # [batch, pos, d_model]
-        for hook in (self.hook_conv, self.hook_ssm_write, self.hook_ssm_state):
-            hook.pos_dim = 2  # position is axis 2 in these layouts (TransformerLens reads pos_dim)
+        self.hook_in_proj = Hook("batch pos d_in_proj")  # [batch, pos, 2 * d_inner]
+        self.hook_gate = Hook("batch pos channel")  # [batch, pos, d_inner], z before SiLU
+        self.hook_conv = Hook("batch channel pos")  # [batch, d_inner, pos + d_conv - 1], before trim and SiLU
+        self.hook_ssm_in = Hook("batch pos channel")  # [batch, pos, d_inner], u = SiLU(conv)
+        self.hook_x_proj = Hook("batch pos d_x_proj")  # [batch, pos, dt_rank + 2 * d_state]
+        self.hook_B = Hook("batch pos state")  # [batch, pos, d_state]
+        self.hook_C = Hook("batch pos state")  # [batch, pos, d_state]
+        self.hook_ssm_dt = Hook("batch pos channel")  # [batch, pos, d_inner], before softplus
+        self.hook_ssm_write = Hook(
+            "batch channel pos state", patch="recurrence"
+        )  # [batch, d_inner, pos, d_state]
+        self.hook_ssm_state = Hook(
+            "batch channel pos state", state=True, patch="recurrence", grad_via="hook_ssm_write"
+        )  # [batch, d_inner, pos, d_state]
+        self.hook_scan_out = Hook("batch pos channel")  # [batch, pos, d_inner]
+        self.hook_ssm_out = Hook("batch pos d_model")  # [batch, pos, d_model]
 
     def forward(self, x: Tensor, cache_out: list | None = None, mask: Tensor | None = None) -> Tensor:
         """x: [B, P, d_model] (normalised) -> [B, P, d_model]. Appends (conv, ssm) state to cache_out.
@@ -292,10 +297,10 @@ class MambaBlock(nn.Module):
         super().__init__()
         self.norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.mixer = MambaMixer(cfg)
-        self.hook_resid_pre = Hook()  # [batch, pos, d_model]
-        self.hook_mixer_in = Hook()  # [batch, pos, d_model]
-        self.hook_mixer_out = Hook()  # [batch, pos, d_model]
-        self.hook_resid_post = Hook()  # [batch, pos, d_model]
+        self.hook_resid_pre = Hook("batch pos d_model")  # [batch, pos, d_model]
+        self.hook_mixer_in = Hook("batch pos d_model")  # [batch, pos, d_model]
+        self.hook_mixer_out = Hook("batch pos d_model")  # [batch, pos, d_model]
+        self.hook_resid_post = Hook("batch pos d_model")  # [batch, pos, d_model]
 
     def forward(self, x: Tensor, cache_out: list | None = None, mask: Tensor | None = None) -> Tensor:
         x = self.hook_resid_pre(x)
@@ -317,7 +322,7 @@ class HookedMamba(HookedModel):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
-        self.hook_embed = Hook()  # [batch, pos, d_model]
+        self.hook_embed = Hook("batch pos d_model")  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([MambaBlock(cfg) for _ in range(cfg.n_layers)])
         self.ln_final = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)

@@ -59,8 +59,8 @@ class ShiftRegister(HookedModel):
         write[:v] = torch.eye(v)  # the new token goes to slot 0
         self.register_buffer("A", shift)  # [m * V, m * V]
         self.register_buffer("B", write)  # [m * V, V]
-        self.hook_embed = Hook()  # [batch, pos, d_vocab]
-        self.hook_state = Hook()  # [batch, pos, memory * d_vocab]
+        self.hook_embed = Hook("batch pos d_vocab")  # [batch, pos, d_vocab]
+        self.hook_state = Hook("batch pos d_state", state=True)  # [batch, pos, memory * d_vocab]
         self.setup()
 
     def forward(self, tokens: Tensor) -> Tensor:

@@ -105,7 +105,7 @@ class LayerNorm(nn.LayerNorm):
     def __init__(self, d: int, eps: float, enabled: bool = True):
         super().__init__(d, eps=eps, elementwise_affine=enabled)
         self.enabled = enabled
-        self.hook_normalized = Hook()  # [batch, pos, d_model]
+        self.hook_normalized = Hook("batch pos d_model")  # [batch, pos, d_model]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.hook_normalized(super().forward(x) if self.enabled else x)
@@ -119,14 +119,20 @@ class Attention(nn.Module):
         # Fused projection laid out per head as [q | k | v], exactly as GPT-NeoX's query_key_value.
         self.qkv = nn.Linear(cfg.d_model, 3 * h * dh)
         self.out = nn.Linear(h * dh, cfg.d_model)
-        self.hook_q = Hook()  # [batch, pos, head, d_head]
-        self.hook_k = Hook()  # [batch, pos, head, d_head]
-        self.hook_v = Hook()  # [batch, pos, head, d_head]
-        self.hook_rot_q = Hook()  # [batch, pos, head, d_head], after rotary (rope only)
-        self.hook_rot_k = Hook()  # [batch, pos, head, d_head], after rotary (rope only)
-        self.hook_attn_scores = Hook()  # [batch, head, query_pos, key_pos], masked entries -inf
-        self.hook_pattern = Hook()  # [batch, head, query_pos, key_pos]
-        self.hook_z = Hook()  # [batch, pos, head, d_head]
+        self.hook_q = Hook("batch pos head d_head")  # [batch, pos, head, d_head]
+        self.hook_k = Hook("batch pos head d_head")  # [batch, pos, head, d_head]
+        self.hook_v = Hook("batch pos head d_head")  # [batch, pos, head, d_head]
+        self.hook_rot_q = Hook(
+            "batch pos head d_head"
+        )  # [batch, pos, head, d_head], after rotary (rope only)
+        self.hook_rot_k = Hook(
+            "batch pos head d_head"
+        )  # [batch, pos, head, d_head], after rotary (rope only)
+        self.hook_attn_scores = Hook(
+            "batch head pos key_pos"
+        )  # [batch, head, query_pos, key_pos], masked entries -inf
+        self.hook_pattern = Hook("batch head pos key_pos")  # [batch, head, query_pos, key_pos]
+        self.hook_z = Hook("batch pos head d_head")  # [batch, pos, head, d_head]
 
     def forward(
         self,
@@ -176,8 +182,8 @@ class MLP(nn.Module):
         self.fc_in = nn.Linear(cfg.d_model, cfg.d_mlp)
         self.fc_out = nn.Linear(cfg.d_mlp, cfg.d_model)
         self.act = ACTIVATIONS[cfg.act_fn]
-        self.hook_pre = Hook()  # [batch, pos, d_mlp]
-        self.hook_post = Hook()  # [batch, pos, d_mlp]
+        self.hook_pre = Hook("batch pos d_mlp")  # [batch, pos, d_mlp]
+        self.hook_post = Hook("batch pos d_mlp")  # [batch, pos, d_mlp]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc_out(self.hook_post(self.act(self.hook_pre(self.fc_in(x)))))
@@ -191,12 +197,12 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.ln2 = LayerNorm(cfg.d_model, cfg.layer_norm_eps, cfg.normalization == "layernorm")
         self.mlp = MLP(cfg)
-        self.hook_resid_pre = Hook()  # [batch, pos, d_model]
-        self.hook_attn_out = Hook()  # [batch, pos, d_model]
+        self.hook_resid_pre = Hook("batch pos d_model")  # [batch, pos, d_model]
+        self.hook_attn_out = Hook("batch pos d_model")  # [batch, pos, d_model]
         if not self.parallel:  # a parallel block has no residual stream between attention and MLP
-            self.hook_resid_mid = Hook()  # [batch, pos, d_model]
-        self.hook_mlp_out = Hook()  # [batch, pos, d_model]
-        self.hook_resid_post = Hook()  # [batch, pos, d_model]
+            self.hook_resid_mid = Hook("batch pos d_model")  # [batch, pos, d_model]
+        self.hook_mlp_out = Hook("batch pos d_model")  # [batch, pos, d_model]
+        self.hook_resid_post = Hook("batch pos d_model")  # [batch, pos, d_model]
 
     def forward(self, resid: Tensor, bias: Tensor | None, rotary, past: list[Tensor] | None = None) -> Tensor:
         resid = self.hook_resid_pre(resid)
@@ -260,6 +266,26 @@ class TransformerConfig(Config):
     def rotary_dim(self) -> int:
         return int(self.d_head * self.rotary_pct) // 2 * 2
 
+    # Fields TransformerLens's utilities (`transformer_lens.patching`, `ActivationCache`) read from a
+    # HookedTransformerConfig, as read-only properties so checkpoints do not store them. `device` is a plain
+    # attribute that the model keeps up to date (HookedModel._sync_cfg_device).
+    n_key_value_heads = None  # no grouped-query attention: k and v have n_heads heads
+    attn_only = False
+    use_attn_result = False  # no hook_result: a head's output is hook_z @ W_O
+    use_split_qkv_input = False
+    use_hook_mlp_in = False
+    default_prepend_bos = False  # the paper's tasks start with their own BOS symbol
+
+    @property
+    def normalization_type(self) -> str | None:
+        return "LN" if self.normalization == "layernorm" else None
+
+    @property
+    def positional_embedding_type(self) -> str:
+        return {"rope": "rotary", "nope": "none", "alibi": "alibi", "hard_alibi": "hard_alibi"}[
+            self.positional
+        ]
+
 
 class HookedTransformer(HookedModel):
     """Decoder-only transformer: `forward(tokens [B, P]) -> logits [B, P, d_vocab]`.
@@ -276,7 +302,7 @@ class HookedTransformer(HookedModel):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
-        self.hook_embed = Hook()  # [batch, pos, d_model]
+        self.hook_embed = Hook("batch pos d_model")  # [batch, pos, d_model]
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layers)])
         self.ln_final = LayerNorm(cfg.d_model, cfg.layer_norm_eps, cfg.normalization == "layernorm")
         self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)

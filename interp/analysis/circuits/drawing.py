@@ -1,85 +1,17 @@
-"""Circuit diagrams: components as nodes, path-patching effects as weighted edges.
-
-`circuit_from_path_patching(df, threshold)` keeps every sender -> receiver edge of
-`interp.analysis.patching.path_patching` whose |effect| (fraction of the clean-corrupt gap) reaches
-`threshold`; edges into the same receiver through q, k and v stay separate so the diagram says *how*
-a head reads its input. `to_dot` writes Graphviz DOT text (always available); `render` draws it with
-the `dot` program when installed and otherwise with matplotlib + networkx (layered by layer), so a
-script always gets a picture.
-
-    >>> paths = path_patching(model, clean.tokens, corrupt.tokens, metric)
-    >>> graph = circuit_from_path_patching(paths, threshold=0.05, roles={"L1H4": "lookup"})
-    >>> render(graph, "out/circuit")          # out/circuit.dot, out/circuit.png (+ .svg with dot)
-"""
+"""Drawing circuit graphs: Graphviz DOT text, the `dot` program when installed, matplotlib otherwise."""
 
 from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import networkx as nx
-import pandas as pd
 from matplotlib.figure import Figure
 
-from interp.models.loading import atomic_write, atomic_write_text
-
-INPUT_COLORS = {"q": "#1f77b4", "k": "#ff7f0e", "v": "#2ca02c", "direct": "#7f7f7f"}
-
-
-@dataclass(frozen=True)
-class Edge:
-    sender: str  # node name, e.g. "L0H1"
-    receiver: str  # node name, or "logits"
-    input: str  # q | k | v | direct
-    weight: float  # patching effect, fraction of the clean-corrupt gap
-
-
-@dataclass
-class CircuitGraph:
-    """Nodes (name -> layer, label) and weighted edges. Logits sit one layer above the last one."""
-
-    nodes: dict[str, dict] = field(default_factory=dict)
-    edges: list[Edge] = field(default_factory=list)
-    threshold: float = 0.0
-    title: str = ""
-
-    def edge_set(self) -> set[tuple[str, str, str]]:
-        """{(sender, receiver, input)}: what tests compare against a known circuit."""
-        return {(e.sender, e.receiver, e.input) for e in self.edges}
-
-    def to_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([vars(e) for e in self.edges], columns=["sender", "receiver", "input", "weight"])
-
-
-def circuit_from_path_patching(
-    paths: pd.DataFrame,
-    threshold: float = 0.05,
-    roles: dict[str, str] | None = None,
-    title: str = "",
-) -> CircuitGraph:
-    """Edges with |effect| >= threshold from a `path_patching` DataFrame; nodes are their endpoints.
-
-    roles: optional node name -> role text shown under the name (e.g. {"L0H1": "offset 1"}).
-    """
-    need = {"sender", "sender_layer", "receiver", "receiver_layer", "input", "effect"}
-    missing = need - set(paths.columns)
-    if missing:
-        raise ValueError(f"path-patching results lack columns {sorted(missing)}; got {list(paths.columns)}")
-    if threshold < 0:
-        raise ValueError(f"threshold must be >= 0, got {threshold}")
-    roles = roles or {}
-    kept = paths[paths["effect"].abs() >= threshold].sort_values("effect", ascending=False)
-    top_layer = int(paths["sender_layer"].max()) + 1
-    graph = CircuitGraph(threshold=threshold, title=title)
-    for row in kept.itertuples():
-        graph.edges.append(Edge(row.sender, row.receiver, row.input, float(row.effect)))
-        for name, layer in ((row.sender, row.sender_layer), (row.receiver, row.receiver_layer)):
-            layer = top_layer if name == "logits" or pd.isna(layer) else int(layer)
-            graph.nodes[name] = {"layer": layer, "role": roles.get(name, "")}
-    return graph
+from interp.analysis.circuits.graph import INPUT_COLORS, CircuitGraph
+from interp.io import atomic_write, atomic_write_text
 
 
 def to_dot(graph: CircuitGraph) -> str:

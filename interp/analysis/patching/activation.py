@@ -1,0 +1,236 @@
+"""Activation patching engines: many patches per forward (`method="batched"`) and the plain reference
+with one forward per patch (`method="loop"`); see `interp.analysis.patching` for modes and effects."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+import torch
+from torch import Tensor
+
+from interp.analysis.patching.metrics import Metric
+from interp.analysis.patching.spec import PatchSpec, patch_specs
+from interp.hooks import HookInfo, check_model, check_tokens, declare_axes, hook_info, run_and_cache
+from interp.tasks.pairs import check_pair
+
+MODES = ("denoise", "noise")
+
+
+def activation_patching(
+    model,
+    clean_tokens: Tensor,
+    corrupt_tokens: Tensor,
+    metric: Metric | Callable[[Tensor], Tensor],
+    specs: Sequence[PatchSpec],
+    mode: str = "denoise",
+    method: str = "batched",
+    max_batch: int = 1024,
+    axes: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """Patch each spec in turn and measure the metric.
+
+    model: any model of the hook contract (`interp.hooks`). clean_tokens, corrupt_tokens: [B, P] (same
+    shape). metric: logits [K*B, P, V] -> [K*B].
+    method: "batched" runs floor(max_batch / B) patches per forward on a repeated batch; "loop" runs
+    one forward per patch (the reference). axes: {hook or template: axes} for hooks whose axes the model
+    does not declare (`interp.hooks.declare_axes`).
+    Returns one row per spec: layer, component, hook, pos, head, channels, label, metric, effect;
+    `df.attrs` holds clean_metric, corrupt_metric, mode and patch_semantics ({hook: "forward" |
+    "recurrence" | "readout"}, see `interp.hooks.PATCH_SEMANTICS`).
+    """
+    declare_axes(model, axes)
+    run = prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode)
+    if method == "batched":
+        copies = [[(s, run.source_cache[s.hook])] for s in specs]
+        values = batched(model, run.base, copies, metric, max_batch, run.infos)
+    elif method == "loop":
+        values = _loop(model, run.base, specs, run.source_cache, metric, run.infos)
+    else:
+        raise ValueError(f"unknown method {method!r}; allowed: batched, loop")
+    return frame(specs, values, run)
+
+
+def patch_grid(
+    model,
+    clean_tokens: Tensor,
+    corrupt_tokens: Tensor,
+    metric: Metric | Callable[[Tensor], Tensor],
+    component: str,
+    *,
+    heads: bool | Sequence[int] = False,
+    positions: bool | Sequence[int] = False,
+    layers: Sequence[int] | None = None,
+    channel_groups: int | None = None,
+    mode: str = "denoise",
+    method: str = "batched",
+    axes: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """`patch_specs` + `activation_patching`: e.g. layer x position on the residual stream
+    (`component="resid_pre", positions=True`), layer x head (`"z", heads=True`), layer x head x
+    position, Mamba state by position and channel group (`"ssm_state", positions=True, channel_groups=4`).
+    component: a short name (`interp.hooks.components(model)`) or a template with `{layer}`."""
+    declare_axes(model, axes)
+    specs = patch_specs(
+        model,
+        component,
+        layers=layers,
+        heads=heads,
+        positions=positions,
+        n_pos=clean_tokens.shape[1],
+        channel_groups=channel_groups,
+    )
+    return activation_patching(model, clean_tokens, corrupt_tokens, metric, specs, mode=mode, method=method)
+
+
+@dataclass
+class Prepared:
+    """What every patching engine starts from: the run to patch and the activations to patch in."""
+
+    base: Tensor  # [B, P] tokens of the run that is patched
+    source: Tensor  # [B, P] tokens whose activations are patched in
+    clean_metric: float
+    corrupt_metric: float
+    mode: str
+    source_cache: dict[str, Tensor]  # hook -> source activation
+    infos: dict[str, HookInfo]  # hook -> axes and patch semantics
+
+
+def prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode) -> Prepared:
+    """Check inputs; run the source and base once for the baseline metrics and the source activations."""
+    check_model(model)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
+    check_pair(clean_tokens, corrupt_tokens)
+    check_tokens(model, clean_tokens)
+    check_tokens(model, corrupt_tokens)
+    if isinstance(metric, Metric):
+        metric.check_vocab(model.cfg.d_vocab)
+        if metric.answers.shape != clean_tokens.shape:
+            raise ValueError(
+                f"the metric was built for batches of shape {tuple(metric.answers.shape)}, "
+                f"the tokens have shape {tuple(clean_tokens.shape)}"
+            )
+    if not specs:
+        raise ValueError("no patches given (specs is empty)")
+    hooks = sorted({s.hook for s in specs})
+    infos = {name: hook_info(model, name) for name in hooks}  # unknown names and axes raise here
+    base, source = (corrupt_tokens, clean_tokens) if mode == "denoise" else (clean_tokens, corrupt_tokens)
+    with torch.no_grad():
+        source_logits, cache = run_and_cache(model, source, hooks)
+        base_logits = model(base)
+        for s in specs:  # a bad index fails here, with the spec named, not inside a forward
+            try:
+                cache[s.hook][s.index(infos[s.hook])]
+            except IndexError as e:
+                raise ValueError(f"{s} does not fit activation {tuple(cache[s.hook].shape)}: {e}") from None
+        m_source, m_base = float(metric(source_logits).mean()), float(metric(base_logits).mean())
+    clean_m, corrupt_m = (m_source, m_base) if mode == "denoise" else (m_base, m_source)
+    return Prepared(base, source, clean_m, corrupt_m, mode, cache, infos)
+
+
+@torch.no_grad()
+def batched(
+    model,
+    base: Tensor,
+    copies: list[list[tuple[PatchSpec, Tensor]]],
+    metric: Callable[[Tensor], Tensor],
+    max_batch: int,
+    infos: dict[str, HookInfo],
+) -> Tensor:
+    """Metric [len(copies)] where copy k runs `base` with every (spec, source [B, ...]) of copies[k]
+    patched in. Copies run floor(max_batch / B) per forward, as one repeated batch."""
+    b = base.shape[0]
+    per_forward = max(1, max_batch // b)
+    out = []
+    for start in range(0, len(copies), per_forward):
+        chunk = copies[start : start + per_forward]
+        k = len(chunk)
+        fwd_hooks = list(_patch_hooks(chunk, b, infos).items())
+        logits = model.run_with_hooks(base.repeat(k, 1), fwd_hooks=fwd_hooks)
+        out.append(metric(logits).view(k, b).mean(1))
+    return torch.cat(out)
+
+
+def _patch_hooks(
+    chunk: list[list[tuple[PatchSpec, Tensor]]], b: int, infos: dict[str, HookInfo]
+) -> dict[str, Callable]:
+    """One hook function per hook name: copy k's rows take the source wherever its specs select."""
+    by_hook: dict[str, list[tuple[int, PatchSpec, Tensor]]] = {}
+    for k, patches in enumerate(chunk):
+        for spec, src in patches:
+            by_hook.setdefault(spec.hook, []).append((k, spec, src))
+    k_total = len(chunk)
+    hooks = {}
+    for name, items in by_hook.items():
+        src0 = items[0][2]
+        info = infos[name]
+        selectable = {info.pos, info.head, info.channel} - {None}
+        # mask [K, 1, ...]: full size on the axes a spec can select, broadcast (1) on the others
+        mask_shape = [k_total, 1] + [s if axis in selectable else 1 for axis, s in enumerate(src0.shape)][1:]
+        mask = torch.zeros(mask_shape, dtype=torch.bool, device=src0.device)
+        shared = all(src is src0 for _, _, src in items)
+        source = src0[None] if shared else src0.new_zeros((k_total, *src0.shape))
+        for k, spec, src in items:
+            mask[k][spec.index(info)] = True
+            if not shared:
+                source[k] = src
+        hooks[name] = _make_patch_hook(mask, source, k_total, b)
+    return hooks
+
+
+def _make_patch_hook(mask: Tensor, source: Tensor, k: int, b: int) -> Callable:
+    def hook_fn(act: Tensor, hook) -> Tensor:
+        view = act.unflatten(0, (k, b))  # [K, B, ...]
+        return torch.where(mask, source.to(act.dtype), view).flatten(0, 1)
+
+    return hook_fn
+
+
+@torch.no_grad()
+def _loop(
+    model,
+    base: Tensor,
+    specs: Sequence[PatchSpec],
+    source_cache: dict[str, Tensor],
+    metric: Callable[[Tensor], Tensor],
+    infos: dict[str, HookInfo],
+) -> Tensor:
+    """The reference: one forward per patch, plain index assignment."""
+    values = []
+    for spec in specs:
+        src = source_cache[spec.hook]
+        idx = spec.index(infos[spec.hook])
+
+        def hook_fn(act: Tensor, hook, idx=idx, src=src) -> Tensor:
+            act = act.clone()
+            act[idx] = src[idx]
+            return act
+
+        logits = model.run_with_hooks(base, fwd_hooks=[(spec.hook, hook_fn)])
+        values.append(metric(logits).mean())
+    return torch.stack(values)
+
+
+def frame(specs: Sequence[PatchSpec], values: Tensor, run: Prepared) -> pd.DataFrame:
+    """One row per spec with `metric` and `effect`; attrs as `activation_patching` documents."""
+    return with_effects(pd.DataFrame([s.row() for s in specs]), values, run)
+
+
+def with_effects(df: pd.DataFrame, values: Tensor, run: Prepared) -> pd.DataFrame:
+    """Add `metric` and `effect` (fraction of the clean-corrupt gap, see the package doc) to df."""
+    clean_m, corrupt_m = run.clean_metric, run.corrupt_metric
+    df["metric"] = values.detach().cpu().double().numpy()
+    gap = clean_m - corrupt_m
+    if run.mode == "denoise":
+        df["effect"] = (df["metric"] - corrupt_m) / gap if gap else float("nan")
+    else:
+        df["effect"] = (clean_m - df["metric"]) / gap if gap else float("nan")
+    df.attrs.update(
+        clean_metric=clean_m,
+        corrupt_metric=corrupt_m,
+        mode=run.mode,
+        patch_semantics={name: info.patch for name, info in run.infos.items()},
+    )
+    return df
