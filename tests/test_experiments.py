@@ -14,7 +14,7 @@ import pytest
 from interp.cli import main
 from interp.experiments import EXPERIMENTS, RunSpec, execute_run, get_experiment, reproduce, run_sweep
 from interp.experiments.paper import converged, sample_efficiency_table
-from interp.experiments.runner import RESULT
+from interp.experiments.runner import TRAINED
 from interp.experiments.spec import EvalSpec, summarize
 from interp.experiments.sweep import connect_ray, import_ray
 
@@ -62,12 +62,29 @@ def test_execute_run_writes_a_checkpoint_folder_and_a_record(tmp_path):
     spec = tiny("lstm")
     record = execute_run(spec, tmp_path)
     folder = tmp_path / spec.run_id
-    assert json.loads((folder / RESULT).read_text())["run_id"] == spec.run_id
+    assert json.loads((folder / TRAINED).read_text())["metrics"] == record["metrics"]
     assert [m["step"] for m in record["metrics"]] == [2, 4]
     assert [m["examples_seen"] for m in record["metrics"]] == [8, 16]
     assert [r["length"] for r in record["evals"][0]["rows"]] == [2, 3]
     assert interp.load(folder).num_params() == record["params"]  # a normal checkpoint folder
     assert execute_run(spec, tmp_path) == record  # finished: read back, not retrained
+
+
+def test_a_second_experiment_on_the_same_training_reuses_it(tmp_path):
+    first = tiny("lstm")
+    execute_run(first, tmp_path)
+    trained = (tmp_path / first.run_id / TRAINED).stat().st_mtime_ns
+    more = RunSpec.from_dict(
+        {**first.to_dict(), "evals": [EvalSpec(lengths=[4], mode="greedy", examples=8).to_dict()]}
+    )
+    assert more.run_id == first.run_id  # keyed by training, not by evaluations
+    record = execute_run(more, tmp_path)
+    assert (tmp_path / first.run_id / TRAINED).stat().st_mtime_ns == trained  # not retrained
+    assert [r["length"] for r in record["evals"][0]["rows"]] == [4] and record["evals"][0]["rows"][0][
+        "mode"
+    ] == "greedy"
+    other = RunSpec.from_dict({**first.to_dict(), "train": {**TRAIN, "lr": 1e-2}})
+    assert other.run_id != first.run_id
 
 
 @pytest.mark.slow
@@ -111,7 +128,7 @@ def test_killed_sweep_resumes_runs_from_their_checkpoint(tmp_path):
     while time.monotonic() < deadline and _alive(holder):  # SIGKILL is asynchronous
         time.sleep(0.1)
     step = checkpoint_step(folder)
-    assert step is not None and 40 <= step < 4000 and not (folder / RESULT).exists()
+    assert step is not None and 40 <= step < 4000 and not (folder / TRAINED).exists()
     record = execute_run(spec, tmp_path)
     assert record["resumed"] is True and record["metrics"][-1]["step"] == 4000
 
@@ -164,7 +181,7 @@ def test_unknown_experiment_executor_and_scale_list_the_allowed_ones(tmp_path, c
         ValueError, match="unknown experiment 'copying'; allowed: sample-efficiency, length-gen"
     ):
         get_experiment("copying")
-    with pytest.raises(ValueError, match="has no scale 'laptop'; allowed: smoke, cpu, gpu"):
+    with pytest.raises(ValueError, match="has no scale 'laptop'; allowed: smoke, demo, cpu, gpu"):
         reproduce("lookup", scale="laptop", out=tmp_path)
     with pytest.raises(ValueError, match="unknown executor 'slurm'; allowed: local, ray"):
         run_sweep([tiny("lstm")], tmp_path, executor="slurm")
@@ -217,7 +234,7 @@ def test_reproduce_smoke_preset_writes_csv_figure_and_report(name, tmp_path, cap
     report = (tmp_path / "docs" / f"{stem}.md").read_text()
     table = pd.read_csv(tmp_path / "docs" / f"{stem}.csv")
     assert (tmp_path / "docs" / f"{stem}.png").stat().st_size > 10_000
-    assert (tmp_path / "runs" / name / "smoke" / "results.csv").is_file()
+    assert (tmp_path / "runs" / "smoke" / name / "results.csv").is_file()
     experiment = get_experiment(name)
     summary = summarize(table, experiment.group_by, experiment.values)
     first = summary.iloc[0]

@@ -30,7 +30,10 @@ def reproduce(
     progress: bool = True,
     command: str | None = None,
 ) -> tuple[SweepResult, Report | None]:
-    """Run experiment `name` at `scale` (a preset) into `out/<name>/<scale>/`, then write its report.
+    """Run experiment `name` at `scale` (a preset) into `out/<scale>/`, then write its report.
+
+    Run folders of one scale are shared by its experiments (a trained model is reused by every experiment
+    that trains the same one); `out/<scale>/<name>/results.csv` holds this experiment's table.
 
     The report (Markdown, figure, per-seed CSV) goes to `report_dir`; it is written only when every run
     finished (a sweep with failures returns `(sweep, None)`; rerun to retry the failed runs).
@@ -40,7 +43,7 @@ def reproduce(
     specs = preset.runs()
     if seeds is not None:
         specs = with_seeds(specs, seeds)
-    root = Path(out) / name / scale
+    root = Path(out) / scale
     t0 = time.perf_counter()
     sweep = run_sweep(
         specs, root, executor=executor, workers=workers, address=address, gpu=preset.gpu, progress=progress

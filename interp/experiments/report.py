@@ -135,8 +135,8 @@ def write_report(
 
 {settings}
 
-Per-seed rows: [`{stem}.csv`]({stem}.csv). Each run's checkpoint folder and `result.json` are under
-`{out_dir}` (not committed).
+Per-seed rows: [`{stem}.csv`]({stem}.csv). Each run's checkpoint folder, `trained.json` and `evals/` are
+under `{out_dir.parent}` (not committed).
 """
     atomic_write_text(paths[3], text)
     return Report(table, summary, paths)

@@ -1,12 +1,17 @@
 """One run of a grid: train into its checkpoint folder (resuming a killed run), evaluate, record.
 
 A run folder is a normal `interp train` checkpoint folder (load it with `interp.load`, continue it with
-`interp train --resume`) plus `result.json`, written atomically last: its presence is what marks a run
-finished, so a sweep killed at any moment reruns only the runs that have none.
+`interp train --resume`) plus `trained.json` (the training record, written when training ended) and one
+`evals/<kind>-<hash>.json` per evaluation, each written atomically when it is complete. A run is
+finished when all of them exist, so a sweep killed at any moment redoes only what has no file. Runs are
+keyed by their training settings alone (`RunSpec.run_id`), so experiments that need the same trained
+model (sample efficiency and length generalisation train the same copy models) share one training and
+add only their own evaluations.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 import time
@@ -18,23 +23,35 @@ import torch
 from interp.experiments.spec import EvalSpec, RunSpec
 from interp.io import atomic_write_text, checkpoint_step
 from interp.models import HookedModel, build_model
+from interp.models.loading import load_checkpoint
 from interp.tasks import TaskConfig
 from interp.training import TrainConfig, train
 
-RESULT = "result.json"
+TRAINED = "trained.json"
 
 
-def result_path(root: str | Path, spec: RunSpec) -> Path:
-    return Path(root) / spec.run_id / RESULT
+def eval_path(folder: Path, ev: EvalSpec) -> Path:
+    digest = hashlib.sha256(json.dumps(ev.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return folder / "evals" / f"{ev.kind}-{digest}.json"
 
 
-def read_result(root: str | Path, spec: RunSpec) -> dict | None:
-    """The finished run's record, or None if the run has not finished (no or unreadable result.json)."""
-    path = result_path(root, spec)
+def _read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def read_result(root: str | Path, spec: RunSpec) -> dict | None:
+    """The finished run's record (training record + every evaluation of `spec`), or None if unfinished."""
+    folder = Path(root) / spec.run_id
+    trained = _read_json(folder / TRAINED)
+    if trained is None:
+        return None
+    evals = [_read_json(eval_path(folder, EvalSpec.from_dict(e))) for e in spec.evals]
+    if any(e is None for e in evals):
+        return None
+    return {**trained, "spec": spec.to_dict(), "run_id": spec.run_id, "evals": evals}
 
 
 def run_evaluation(model: HookedModel, task: TaskConfig, ev: EvalSpec, seed: int) -> list[dict]:
@@ -55,10 +72,11 @@ def run_evaluation(model: HookedModel, task: TaskConfig, ev: EvalSpec, seed: int
 def execute_run(
     spec: RunSpec | dict, root: str | Path, threads: int | None = 1, progress: bool = False
 ) -> dict:
-    """Train and evaluate one run under `root/<run_id>/`; returns its record (also in result.json).
+    """Train and evaluate one run under `root/<run_id>/`; returns its record.
 
-    A finished run is not repeated (its record is read back). A run killed during training continues
-    from its last checkpoint. `threads`: torch CPU threads for this run (None: leave as is).
+    What is finished is not repeated: a trained run is loaded from its checkpoint for evaluations it
+    lacks, a run killed during training continues from its last checkpoint. `threads`: torch CPU
+    threads for this run (None: leave as is).
     """
     spec = spec if isinstance(spec, RunSpec) else RunSpec.from_dict(spec)
     done = read_result(root, spec)
@@ -68,35 +86,41 @@ def execute_run(
         torch.set_num_threads(threads)
     folder = Path(root) / spec.run_id
     task = TaskConfig.from_dict(spec.task)
-    cfg = TrainConfig.from_dict({**spec.train, "seed": spec.seed})
-    torch.manual_seed(spec.seed)
-    model = build_model(spec.arch, **{"d_vocab": task.vocab.size, **spec.model})
-    t0 = time.perf_counter()
-    resume = checkpoint_step(folder) is not None
-    result = train(model, task, cfg, out_dir=folder, resume=resume, overwrite=not resume, progress=progress)
-    train_seconds = time.perf_counter() - t0
-    evals = []
+    if (folder / TRAINED).is_file():
+        model = load_checkpoint(folder)
+    else:
+        cfg = TrainConfig.from_dict({**spec.train, "seed": spec.seed})
+        torch.manual_seed(spec.seed)
+        model = build_model(spec.arch, **{"d_vocab": task.vocab.size, **spec.model})
+        t0 = time.perf_counter()
+        resume = checkpoint_step(folder) is not None
+        result = train(
+            model, task, cfg, out_dir=folder, resume=resume, overwrite=not resume, progress=progress
+        )
+        size = model.state_size()
+        trained = {
+            "params": model.num_params(),
+            "state_bits": size.bits if size is not None else None,
+            "metrics": result.metrics,
+            "train_seconds": round(time.perf_counter() - t0, 2),
+            "resumed": resume,
+            "device": str(model.device),
+            "torch_threads": torch.get_num_threads(),
+            "host": platform.node(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        atomic_write_text(folder / TRAINED, json.dumps(trained, indent=1))
     for ev in map(EvalSpec.from_dict, spec.evals):
+        path = eval_path(folder, ev)
+        if path.is_file():
+            continue
         t1 = time.perf_counter()
-        rows = run_evaluation(result.model, task, ev, spec.seed)
-        evals.append({"spec": ev.to_dict(), "rows": rows, "seconds": round(time.perf_counter() - t1, 2)})
-    size = result.model.state_size()
-    record = {
-        "spec": spec.to_dict(),
-        "run_id": spec.run_id,
-        "params": result.model.num_params(),
-        "state_bits": size.bits if size is not None else None,
-        "metrics": result.metrics,
-        "evals": evals,
-        "train_seconds": round(train_seconds, 2),
-        "resumed": resume,
-        "device": str(result.model.device),
-        "torch_threads": torch.get_num_threads(),
-        "host": platform.node(),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    atomic_write_text(result_path(root, spec), json.dumps(record, indent=1))
-    return record
+        rows = run_evaluation(model, task, ev, spec.seed)
+        atomic_write_text(
+            path,
+            json.dumps({"spec": ev.to_dict(), "rows": rows, "seconds": round(time.perf_counter() - t1, 2)}),
+        )
+    return read_result(root, spec)
 
 
 def execute_run_safely(spec_dict: dict, root: str, threads: int | None = 1) -> dict:

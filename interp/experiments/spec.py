@@ -79,8 +79,10 @@ class RunSpec(Config):
 
     @property
     def run_id(self) -> str:
-        """Folder name: readable label and seed, plus a hash of every setting (a changed setting is a new run)."""
-        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        """Folder name: readable label and seed, plus a hash of the training settings (arch, model, task,
+        train, seed): a changed setting is a new run, and experiments that train the same model share it."""
+        training = {k: getattr(self, k) for k in ("arch", "model", "task", "train", "seed")}
+        digest = hashlib.sha256(json.dumps(training, sort_keys=True).encode()).hexdigest()[:8]
         slug = re.sub(r"[^A-Za-z0-9]+", "-", self.label).strip("-").lower()
         return f"{slug}-seed{self.seed}-{digest}"
 

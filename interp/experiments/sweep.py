@@ -1,7 +1,7 @@
 """Run a grid of `RunSpec`s: locally (a process per run, one torch thread each) or as Ray tasks.
 
 Both executors share the rules that make a sweep safe to kill and rerun:
-- a run whose folder holds `result.json` is finished and skipped (its record is read back);
+- a finished run (`trained.json` and every evaluation file present) is skipped, its record read back;
 - a run that raises is reported with its error and traceback, and the others still finish;
 - Ctrl-C stops the sweep; the runs in flight keep their last checkpoint and continue on the next call.
 Each run is a separate process, so runs never share torch's thread pool or memory.
