@@ -158,14 +158,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--csv", help="also write the table as CSV to this file")
     _add_task_args(p, defaults=False)
 
-    p = sub.add_parser("demo", help="train a transformer, an LSTM (and Mamba) on copy and compare them")
+    p = sub.add_parser(
+        "demo",
+        help="the paper's first result in minutes: a transformer, Mamba and an LSTM learn to copy; "
+        "accuracy vs training examples seen",
+    )
     p.set_defaults(handler=cmd_demo)
     p.add_argument(
         "--out", default="demo_out", help="folder for checkpoints, table and plot (default demo_out)"
     )
-    p.add_argument("--steps", type=int, default=None, help="training steps per model (default: per model)")
-    p.add_argument("--archs", default=None, help="comma-separated subset of transformer,lstm,mamba")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=int, default=None, help="training steps per model (default 1000)")
+    p.add_argument("--archs", default=None, help="comma-separated subset of transformer,mamba,lstm")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda[:N]")
+    p.add_argument("--workers", type=int, default=None, help="models trained at once (default: one per core)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("info", help="print a checkpoint's configuration, size and state size")
@@ -284,8 +289,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     archs = args.archs.split(",") if args.archs else None
+    if args.steps is not None:
+        check_int("--steps", args.steps)
+    if args.workers is not None:
+        check_int("--workers", args.workers)
     table, paths = run_demo(
-        args.out, archs=archs, steps=args.steps, device=args.device, progress=not args.quiet
+        args.out,
+        archs=archs,
+        steps=args.steps,
+        device=check_device(args.device),
+        progress=not args.quiet,
+        workers=args.workers,
     )
     print(table)
     print(f"\nwrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - t0:.0f} s")

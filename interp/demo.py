@@ -1,44 +1,38 @@
-"""The README demo: train a transformer and an LSTM (and Mamba, when available) on copy, on the CPU
-in a few minutes, then compare string accuracy per length, including lengths beyond training."""
+"""The README demo: the paper's first result, sample efficiency, in a few minutes on a laptop CPU.
+
+A transformer, Mamba and an LSTM of ~100k parameters each learn to copy strings of 1-10 letters with
+one training recipe; the held-out string accuracy is measured every 50 steps, so the figure shows
+accuracy against training examples seen. It is the `demo` preset of the `sample-efficiency`
+experiment (`interp reproduce sample-efficiency --scale demo`), one seed, trained as a sweep (one
+process per model), and writes that experiment's report into the output folder.
+"""
 
 from __future__ import annotations
 
-import json
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
-import torch
 
-from interp.analysis.evaluation import evaluate
-from interp.analysis.plotting import plot_accuracy_vs_length
-from interp.models import ARCHITECTURES, build_model
-from interp.models.loading import atomic_write, atomic_write_text
-from interp.tasks import TaskConfig
-from interp.training import TrainConfig, train
+from interp.experiments import get_experiment, run_sweep
+from interp.experiments.paper import SCALES, sample_efficiency_grid
+from interp.experiments.report import write_report
+from interp.experiments.spec import records_to_frame
+from interp.training import TrainConfig
 
-DEMO_TASK = TaskConfig(task="copy", n_letters=10, min_len=1, max_len=16)
-EVAL_LENGTHS = [2, 4, 8, 12, 16, 20, 24]
-# Small models (0.07-0.27M parameters) with learning rates that suit each family on this task.
+DEMO_FAMILIES = ("transformer rope", "mamba", "lstm")
+_SCALE = SCALES["demo"]
+# arch -> (model options, TrainConfig) of the demo, for notebooks that train the same models by hand
 DEMO_MODELS = {
-    "transformer": (
-        dict(d_model=64, n_layers=2, n_heads=4, positional="rope"),
-        TrainConfig(steps=1200, lr=3e-3),
-    ),
-    "lstm": (dict(d_model=128, n_layers=2), TrainConfig(steps=800, lr=3e-3)),
-    "mamba": (dict(d_model=64, n_layers=2, d_state=16), TrainConfig(steps=800, lr=1e-2)),
+    arch: (options, TrainConfig.from_dict(train))
+    for arch, options, train in (_SCALE.model(family) for family in ("transformer", "mamba", "lstm"))
 }
 
 
 def available_archs() -> list[str]:
-    """Architectures the demo can run here (Mamba once its module exists)."""
-    out = []
-    for arch in DEMO_MODELS:
-        try:
-            build_model(arch, d_vocab=DEMO_TASK.vocab.size, **DEMO_MODELS[arch][0])
-            out.append(arch)
-        except (ImportError, ModuleNotFoundError):
-            continue
-    return out
+    """Architectures the demo trains (all three run in plain PyTorch on the CPU)."""
+    return list(DEMO_MODELS)
 
 
 def run_demo(
@@ -47,38 +41,42 @@ def run_demo(
     steps: int | None = None,
     device: str = "auto",
     progress: bool = True,
-    eval_examples: int = 256,
-    task: TaskConfig = DEMO_TASK,
-    lengths: list[int] = EVAL_LENGTHS,
+    workers: int | None = None,
 ) -> tuple[str, list[Path]]:
-    """Train each architecture into out/<arch>, evaluate, write results.csv and accuracy.png.
+    """Train each architecture into out/runs/, then write the sample-efficiency report into `out`.
 
-    Returns the printed table (string accuracy %, one column per model) and the paths written.
+    Returns the printed table and the paths written. `archs`: a subset of transformer, mamba, lstm;
+    `steps`: training steps per model instead of the preset's 1,000. A rerun skips finished models.
     """
     out = Path(out)
-    archs = archs or available_archs()
-    unknown = [a for a in archs if a not in ARCHITECTURES]
-    if unknown:
-        raise ValueError(f"unknown architecture(s) {unknown}; allowed: {', '.join(ARCHITECTURES)}")
-    frames = []
-    for arch in archs:
-        model_opts, train_cfg = DEMO_MODELS[arch]
-        train_cfg = TrainConfig.from_dict({**train_cfg.to_dict(), "device": device, "eval_every": 100})
-        if steps is not None:
-            train_cfg.steps = steps
-        torch.manual_seed(train_cfg.seed)
-        model = build_model(arch, d_vocab=task.vocab.size, **model_opts)
-        train(model, task, train_cfg, out_dir=out / arch, progress=progress, overwrite=True)
-        name = f"{arch} ({model.num_params() / 1e3:.0f}k params)"
-        frames.append(evaluate(model, task, lengths, n_examples=eval_examples, name=name))
-    df = pd.concat(frames, ignore_index=True)
-    table = (df.pivot(index="length", columns="model", values="string_acc") * 100).round(1)
-    text = f"copy, {task.n_letters} letters, trained on lengths {task.min_len}..{task.max_len}: "
-    text += "string accuracy (%), teacher-forced\n" + table.to_string()
-    fig = plot_accuracy_vs_length(df, title="copy: string accuracy vs length", train_max_len=task.max_len)
-    paths = [out / "results.csv", out / "accuracy.png", out / "demo_config.json"]
-    atomic_write(paths[0], lambda tmp: df.to_csv(tmp, index=False))
-    atomic_write(paths[1], lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    config = {"task": task.to_dict(), "lengths": lengths, "archs": archs, "steps": steps}
-    atomic_write_text(paths[2], json.dumps(config, indent=2))
-    return text, paths
+    families = list(DEMO_FAMILIES)
+    if archs is not None:
+        unknown = [a for a in archs if a not in DEMO_MODELS]
+        if unknown:
+            raise ValueError(f"unknown demo architecture(s) {unknown}; allowed: {', '.join(DEMO_MODELS)}")
+        families = [f for f in DEMO_FAMILIES if f.split()[0] in archs]
+    specs = sample_efficiency_grid("demo", families)
+    overrides = {"device": device, **({"steps": steps} if steps is not None else {})}
+    specs = [replace(s, train={**s.train, **overrides}) for s in specs]
+    t0 = time.perf_counter()
+    sweep = run_sweep(specs, out / "runs", workers=workers, progress=progress)
+    if not sweep.complete:
+        errors = "; ".join(f"{spec.label}: {error.splitlines()[0]}" for spec, error in sweep.failed)
+        raise RuntimeError(f"demo runs failed: {errors}")
+    experiment = get_experiment("sample-efficiency")
+    command = "interp demo" + (f" --steps {steps}" if steps is not None else "")
+    report = write_report(experiment, "demo", sweep.records, out, out, command, time.perf_counter() - t0)
+    curves = report.summary.set_index("model")
+    final = records_to_frame(sweep.records).pivot(index="model", columns="length", values="string_acc")
+    lines = [
+        f"copy, {_SCALE.n_letters} letters, strings of 1-{_SCALE.max_len} letters, one recipe for every model "
+        f"({specs[0].train['steps']} steps of {specs[0].train['batch_size']} examples)",
+        "model: training examples seen until the held-out string accuracy first reached 50% / 90%; "
+        "then the final string accuracy per length",
+    ]
+    for model in final.index:
+        reach = [curves.loc[model, f"examples_to_{x}_mean"] for x in (50, 90)]
+        reach = " / ".join("never" if pd.isna(r) else f"{r:,.0f}" for r in reach)
+        accs = ", ".join(f"L={length}: {100 * acc:.0f}%" for length, acc in final.loc[model].items())
+        lines.append(f"  {model:<18} {reach:<16} {accs}")
+    return "\n".join(lines), report.paths

@@ -247,3 +247,18 @@ def test_reproduce_smoke_preset_writes_csv_figure_and_report(name, tmp_path, cap
     )  # the table's numbers
     assert f"interp reproduce {name} --scale smoke" in report and "commit" in report
     assert "runs finished now, 0 were finished before, 0 failed" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_demo_trains_three_families_and_writes_the_sample_efficiency_report(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--steps", "20", "--workers", "2", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    for model in ("transformer rope", "mamba", "lstm"):
+        assert f"  {model} " in out
+    assert "L=2:" in out and "L=10:" in out
+    assert (tmp_path / "sample-efficiency-demo.png").stat().st_size > 10_000
+    table = pd.read_csv(tmp_path / "sample-efficiency-demo.csv")
+    assert sorted(table["model"]) == ["lstm", "mamba", "transformer rope"]
+    assert (table["examples_budget"] == 20 * 32).all()  # 20 steps of 32 examples
+    assert main(["demo", "--archs", "gru", "--out", str(tmp_path)]) == 2
+    assert "unknown demo architecture(s) ['gru']; allowed: transformer, mamba, lstm" in capsys.readouterr().err
