@@ -46,7 +46,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lengths", default="2,4,6,8,10,12,16", help="evaluation lengths (default 2,4,...,12,16)")
     p.add_argument("--steps", type=int, default=1500, help="training steps per model (default 1500)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2; Mamba needs it)")
+    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
+    p.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=400,
+        help="linear warm-up (default 400: with 100, Mamba stays on the loss plateau; docs/notes/mamba_recipe.md)",
+    )
     p.add_argument("--examples", type=int, default=256, help="evaluation examples per length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
@@ -73,6 +79,7 @@ def main(argv=None) -> int:
         steps=args.steps,
         batch_size=args.batch_size,
         lr=args.lr,
+        warmup_steps=args.warmup_steps,
         seed=args.seed,
         device=args.device,
         eval_every=max(args.steps // 10, 1),
