@@ -437,3 +437,30 @@ def test_mamba_learns_to_copy(one_thread):
         test = make_batch(task, 512, torch.Generator().manual_seed(99))
         string_correct, _ = test.score(model(test.tokens))
     assert string_correct.float().mean() >= 0.9
+
+
+def test_one_config_table_maps_both_ways():
+    """`hf_mamba_config` writes through the table `mamba_config_from_dict` reads with: a round trip
+    through the Hugging Face format is the identity on every mapped field."""
+    from interp.models.hf.mamba import HF_FIELDS, hf_mamba_config, mamba_config_from_dict
+    from interp.models.mamba import MambaConfig
+
+    ours = MambaConfig(
+        d_vocab=50,
+        d_model=24,
+        n_layers=3,
+        d_state=6,
+        d_conv=3,
+        expand=3,
+        dt_rank=5,
+        conv_bias=False,
+        bias=True,
+        rms_norm_eps=1e-6,
+        tie_embeddings=False,
+        dt_min=0.002,
+        dt_max=0.2,
+        dt_init_floor=2e-4,
+        dt_scale=0.5,
+    )
+    back = mamba_config_from_dict(hf_mamba_config(ours).to_dict())
+    assert {f: getattr(back, f) for f in HF_FIELDS} == {f: getattr(ours, f) for f in HF_FIELDS}

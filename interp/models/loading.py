@@ -37,9 +37,29 @@ from interp.io import (
     sha256,
 )
 from interp.models import HookedModel, model_class
+from interp.models.hf.gpt_neox import (
+    from_hf_gpt_neox,
+    gpt_neox_state_to_interp,
+    transformer_config_from_gpt_neox,
+)
+from interp.models.hf.mamba import hf_mamba_config, hf_mamba_from_folder, load_hf_mamba
 
 INTERP_VERSION = "0.1.0"
-# atomic_write and atomic_write_text live in interp.io; importing them from here keeps working
+# atomic_write and atomic_write_text live in interp.io, the Hugging Face conversions in interp.models.hf;
+# importing them from here keeps working
+__all__ = [
+    "atomic_write",
+    "atomic_write_text",
+    "from_hf_gpt_neox",
+    "gpt_neox_state_to_interp",
+    "hf_mamba_config",
+    "hf_mamba_from_folder",
+    "language_model",
+    "load",
+    "load_checkpoint",
+    "save_checkpoint",
+    "transformer_config_from_gpt_neox",
+]
 
 
 def weights_state(model: HookedModel) -> dict[str, torch.Tensor]:
@@ -190,71 +210,6 @@ def model_from_checkpoint(
     return model.to(device).eval()
 
 
-# ---- Hugging Face GPT-NeoX / Pythia -----------------------------------------------------------------
-
-_NEOX_LAYER_KEYS = {
-    "input_layernorm": "ln1",
-    "post_attention_layernorm": "ln2",
-    "attention.query_key_value": "attn.qkv",
-    "attention.dense": "attn.out",
-    "mlp.dense_h_to_4h": "mlp.fc_in",
-    "mlp.dense_4h_to_h": "mlp.fc_out",
-}
-
-
-def transformer_config_from_gpt_neox(hf_config) -> Any:
-    """Our `TransformerConfig` for a Hugging Face `GPTNeoXConfig` (old and new rotary fields)."""
-    from interp.models.transformer import TransformerConfig
-
-    rope = getattr(hf_config, "rope_parameters", None) or {}
-    rotary_pct = rope.get("partial_rotary_factor", getattr(hf_config, "rotary_pct", 1.0))
-    rotary_base = rope.get("rope_theta", getattr(hf_config, "rotary_emb_base", 10000.0))
-    if not getattr(hf_config, "attention_bias", True):
-        raise ValueError("GPT-NeoX checkpoints without attention biases are not supported")
-    return TransformerConfig(
-        d_vocab=hf_config.vocab_size,
-        d_model=hf_config.hidden_size,
-        n_layers=hf_config.num_hidden_layers,
-        n_heads=hf_config.num_attention_heads,
-        d_mlp=hf_config.intermediate_size,
-        n_ctx=hf_config.max_position_embeddings,
-        positional="rope",
-        rotary_pct=rotary_pct,
-        rotary_base=float(rotary_base),
-        parallel_residual=hf_config.use_parallel_residual,
-        act_fn=hf_config.hidden_act,
-        layer_norm_eps=hf_config.layer_norm_eps,
-        tie_embeddings=bool(getattr(hf_config, "tie_word_embeddings", False)),
-    )
-
-
-def gpt_neox_state_to_interp(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a `GPTNeoXForCausalLM` state dict to ours (buffers such as rotary inv_freq are dropped)."""
-    out = {}
-    for key, value in state.items():
-        if key == "gpt_neox.embed_in.weight":
-            out["embed.weight"] = value
-        elif key in ("embed_out.weight", "lm_head.weight"):  # transformers 5 renamed embed_out
-            out["unembed.weight"] = value
-        elif key.startswith("gpt_neox.final_layer_norm."):
-            out["ln_final." + key.rsplit(".", 1)[1]] = value
-        elif key.startswith("gpt_neox.layers."):
-            _, _, layer, rest = key.split(".", 3)
-            module, param = rest.rsplit(".", 1)
-            if module in _NEOX_LAYER_KEYS:
-                out[f"blocks.{layer}.{_NEOX_LAYER_KEYS[module]}.{param}"] = value
-    return out
-
-
-def from_hf_gpt_neox(hf_model) -> HookedModel:
-    """A loaded Hugging Face `GPTNeoXForCausalLM` -> our `HookedTransformer` with the same weights."""
-    from interp.models.transformer import HookedTransformer
-
-    model = HookedTransformer(transformer_config_from_gpt_neox(hf_model.config))
-    load_state(model, gpt_neox_state_to_interp(hf_model.state_dict()), type(hf_model).__name__)
-    return model.eval()
-
-
 HUB_PATTERNS = [
     "config.json",
     "generation_config.json",
@@ -372,8 +327,6 @@ def load_hf_folder(folder: Path, device: str | torch.device = "cpu") -> HookedMo
         hf = GPTNeoXForCausalLM.from_pretrained(folder, weights_only=True, trust_remote_code=False)
         model = from_hf_gpt_neox(hf).to(device)
     elif model_type == "mamba" or "ssm_cfg" in config:
-        from interp.models.mamba import load_hf_mamba
-
         model = load_hf_mamba(folder).to(device).eval()
     else:
         raise ValueError(
@@ -415,58 +368,6 @@ def load(
 
 
 # ---- nnsight ----------------------------------------------------------------------------------------
-
-
-def hf_mamba_config(cfg, tokenizer=None):
-    """Our Mamba `MambaConfig` -> the equivalent `transformers.MambaConfig` (special tokens from `tokenizer`)."""
-    from transformers import MambaConfig as HFMambaConfig
-
-    tokens = {}
-    if tokenizer is not None:
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            if getattr(tokenizer, name, None) is not None:
-                tokens[name] = getattr(tokenizer, name)
-    return HFMambaConfig(
-        vocab_size=cfg.d_vocab,
-        hidden_size=cfg.d_model,
-        state_size=cfg.d_state,
-        num_hidden_layers=cfg.n_layers,
-        layer_norm_epsilon=cfg.rms_norm_eps,
-        expand=cfg.expand,
-        intermediate_size=cfg.d_inner,
-        conv_kernel=cfg.d_conv,
-        use_bias=cfg.bias,
-        use_conv_bias=cfg.conv_bias,
-        time_step_rank=cfg.rank,
-        time_step_scale=cfg.dt_scale,
-        time_step_min=cfg.dt_min,
-        time_step_max=cfg.dt_max,
-        time_step_floor=cfg.dt_init_floor,
-        tie_word_embeddings=cfg.tie_embeddings,
-        **tokens,
-    )
-
-
-def hf_mamba_from_folder(folder: str | Path, tokenizer=None):
-    """A mamba-ssm folder (config.json + pytorch_model.bin, which transformers cannot read) -> an equivalent
-    `transformers.MambaForCausalLM`, through `load_hf_mamba` (our HookedMamba's state dict uses Hugging Face names).
-    """
-    from transformers import MambaForCausalLM
-
-    from interp.models.mamba import load_hf_mamba
-
-    ours = load_hf_mamba(Path(folder))
-    config = hf_mamba_config(ours.cfg, tokenizer)
-    with torch.device("meta"):  # no random initialisation: every weight comes from the checkpoint
-        hf = MambaForCausalLM(config)
-    hf.load_state_dict(ours.state_dict(), strict=True, assign=True)
-    if config.tie_word_embeddings:
-        hf.lm_head.weight = hf.backbone.embeddings.weight
-    left = [name for name, t in [*hf.named_parameters(), *hf.named_buffers()] if t.is_meta]
-    if left:
-        raise ValueError(f"{folder}: no weights in the checkpoint for {left[:5]}")
-    hf.name_or_path = hf.config.name_or_path = str(folder)
-    return hf.eval()
 
 
 def _nnsight_causal_lm():

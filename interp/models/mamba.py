@@ -58,10 +58,8 @@ Recurrent mode: `init_cache(batch)` and `step(token, cache)` run one token at a 
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -507,139 +505,10 @@ def _state_dict_to_hf_names(module: nn.Module, state_dict: dict, prefix: str, lo
         state_dict[prefix + to_hf_name(key[len(prefix) :])] = state_dict.pop(key)
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading Hugging Face and mamba-ssm checkpoints
-# ---------------------------------------------------------------------------------------------
-RUNTIME_OPTIONS = ("scan", "chunk_size", "n_ctx")  # may be overridden when loading
+def __getattr__(name: str):
+    """Hugging Face / mamba-ssm conversion moved to `interp.models.hf.mamba`; old imports keep working."""
+    if name in ("load_hf_mamba", "mamba_config_from_dict", "RUNTIME_OPTIONS"):
+        from interp.models.hf import mamba as hf
 
-
-def mamba_config_from_dict(d: dict, **overrides) -> MambaConfig:
-    """A Hugging Face `MambaConfig` dict (config.json) or a mamba-ssm `MambaConfig` dict -> MambaConfig."""
-    bad = set(overrides) - set(RUNTIME_OPTIONS)
-    if bad:
-        raise ValueError(f"cannot override {sorted(bad)} when loading; allowed: {', '.join(RUNTIME_OPTIONS)}")
-    if "hidden_size" in d:  # Hugging Face
-        model_type = d.get("model_type", "mamba")
-        if model_type != "mamba":
-            raise ValueError(f"config is for model_type={model_type!r}; only Mamba-1 ('mamba') is supported")
-        if d.get("hidden_act", "silu") != "silu":
-            raise ValueError(f"hidden_act={d['hidden_act']!r} is not supported; Mamba uses 'silu'")
-        options = dict(
-            d_vocab=d["vocab_size"],
-            d_model=d["hidden_size"],
-            n_layers=d["num_hidden_layers"],
-            d_state=d.get("state_size", 16),
-            d_conv=d.get("conv_kernel", 4),
-            expand=d.get("expand", 2),
-            dt_rank=d.get("time_step_rank", "auto"),
-            conv_bias=d.get("use_conv_bias", True),
-            bias=d.get("use_bias", False),
-            rms_norm_eps=d.get("layer_norm_epsilon", 1e-5),
-            tie_embeddings=d.get("tie_word_embeddings", True),
-            dt_min=d.get("time_step_min", 0.001),
-            dt_max=d.get("time_step_max", 0.1),
-            dt_init_floor=d.get("time_step_floor", 1e-4),
-            dt_scale=d.get("time_step_scale", 1.0),
-        )
-        if d.get("intermediate_size") not in (None, options["expand"] * options["d_model"]):
-            raise ValueError(
-                f"intermediate_size={d['intermediate_size']} is not expand * hidden_size = "
-                f"{options['expand'] * options['d_model']}; such checkpoints are not supported"
-            )
-    elif "d_model" in d and "n_layer" in d:  # mamba-ssm MambaLMHeadModel
-        ssm = dict(d.get("ssm_cfg") or {})
-        if ssm.get("layer", "Mamba1") != "Mamba1":
-            raise ValueError(f"ssm_cfg.layer={ssm['layer']!r} is not supported; only Mamba1")
-        if not d.get("rms_norm", True):
-            raise ValueError(
-                "rms_norm=False (LayerNorm blocks) is not supported; Mamba checkpoints use RMSNorm"
-            )
-        if d.get("d_intermediate", 0) or d.get("attn_layer_idx"):
-            raise ValueError(
-                "hybrid mamba-ssm models (d_intermediate MLPs or attention layers) are not supported"
-            )
-        vocab, multiple = d["vocab_size"], d.get("pad_vocab_size_multiple", 8)
-        if vocab % multiple:
-            vocab += multiple - vocab % multiple  # mamba-ssm pads the embedding this way
-        options = dict(
-            d_vocab=vocab,
-            d_model=d["d_model"],
-            n_layers=d["n_layer"],
-            d_state=ssm.get("d_state", 16),
-            d_conv=ssm.get("d_conv", 4),
-            expand=ssm.get("expand", 2),
-            dt_rank=ssm.get("dt_rank", "auto"),
-            conv_bias=ssm.get("conv_bias", True),
-            bias=ssm.get("bias", False),
-            rms_norm_eps=d.get("norm_epsilon", 1e-5),
-            tie_embeddings=d.get("tie_embeddings", True),
-            dt_min=ssm.get("dt_min", 0.001),
-            dt_max=ssm.get("dt_max", 0.1),
-            dt_init_floor=ssm.get("dt_init_floor", 1e-4),
-            dt_scale=ssm.get("dt_scale", 1.0),
-        )
-    else:
-        raise ValueError(
-            "not a Mamba config: expected Hugging Face keys (hidden_size, num_hidden_layers, vocab_size, ...) "
-            f"or mamba-ssm keys (d_model, n_layer, vocab_size, ssm_cfg, ...); got keys {sorted(d)}"
-        )
-    return MambaConfig(**options, **overrides)
-
-
-def _read_weights(folder: Path) -> dict[str, Tensor]:
-    from safetensors.torch import load_file
-
-    single = folder / "model.safetensors"
-    index = folder / "model.safetensors.index.json"
-    if single.exists():
-        return load_file(single)
-    if index.exists():
-        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return {k: v for shard in shards for k, v in load_file(folder / shard).items()}
-    if (folder / "pytorch_model.bin").exists():  # mamba-ssm's save_pretrained
-        return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    raise FileNotFoundError(
-        f"no weights in {folder}: expected model.safetensors, model.safetensors.index.json (+ shards) "
-        "or pytorch_model.bin"
-    )
-
-
-def load_hf_mamba(source: Any, config: dict | None = None, **overrides) -> HookedMamba:
-    """A HookedMamba holding the weights of a Hugging Face or mamba-ssm Mamba-1 model.
-
-    source: a folder with config.json and weights (Hugging Face `save_pretrained`, or mamba-ssm's
-    `save_pretrained`: config.json + pytorch_model.bin), a `transformers.MambaForCausalLM`, a
-    mamba-ssm `MambaLMHeadModel`, or a state dict (then `config` must be given, in either format).
-    overrides: scan, chunk_size, n_ctx. The model comes back in eval mode.
-    """
-    if isinstance(source, (str, Path)):
-        folder = Path(source)
-        if not (folder / "config.json").exists():
-            raise FileNotFoundError(
-                f"{folder} has no config.json; expected a saved Hugging Face or mamba-ssm model"
-            )
-        config = json.loads((folder / "config.json").read_text()) if config is None else config
-        state_dict = _read_weights(folder)
-    elif isinstance(source, nn.Module):
-        model_cfg = getattr(source, "config", None)
-        if config is None:
-            if hasattr(model_cfg, "to_dict"):
-                config = model_cfg.to_dict()
-            elif model_cfg is not None and hasattr(model_cfg, "__dataclass_fields__"):
-                config = asdict(model_cfg)
-            else:
-                raise ValueError(f"{type(source).__name__} has no usable .config; pass config=")
-        state_dict = source.state_dict()
-    elif isinstance(source, dict):
-        if config is None:
-            raise ValueError(
-                "loading from a state dict needs config= (a Hugging Face or mamba-ssm config dict)"
-            )
-        state_dict = source
-    else:
-        raise TypeError(
-            f"cannot load a Mamba from {type(source).__name__}; pass a folder, a model or a state dict"
-        )
-    model = HookedMamba(mamba_config_from_dict(config, **overrides))
-    model.load_state_dict(state_dict)
-    return model.eval()
+        return getattr(hf, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

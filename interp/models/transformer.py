@@ -2,7 +2,7 @@
 
 Classes in reading order: positional helpers, attention, MLP, block, config, model. The block can
 use GPT-NeoX's layout (parallel attention + MLP, partial rotary) so Pythia weights load into it
-unchanged (`interp.models.loading.from_hf_gpt_neox`). Hook names follow TransformerLens.
+unchanged (`interp.models.hf.gpt_neox.from_hf_gpt_neox`). Hook names follow TransformerLens.
 
 Attention has two paths, chosen per call: PyTorch's fused `scaled_dot_product_attention` when
 nobody is looking at the attention scores or pattern, and an explicit reference path that
