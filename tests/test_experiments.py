@@ -262,3 +262,24 @@ def test_demo_trains_three_families_and_writes_the_sample_efficiency_report(tmp_
     assert (table["examples_budget"] == 20 * 32).all()  # 20 steps of 32 examples
     assert main(["demo", "--archs", "gru", "--out", str(tmp_path)]) == 2
     assert "unknown demo architecture(s) ['gru']; allowed: transformer, mamba, lstm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scale", ["smoke", "demo", "cpu", "gpu"])
+def test_every_preset_builds_valid_runs_that_fit_the_context(scale):
+    from interp.models import model_class
+    from interp.tasks import TaskConfig
+    from interp.training import TrainConfig
+
+    for experiment in EXPERIMENTS.values():
+        specs = experiment.preset(scale).runs()
+        assert len({s.run_id for s in specs}) == len(specs)
+        seeds = {s.seed for s in specs}
+        assert len(seeds) >= (3 if scale in ("cpu", "gpu") else 1)
+        for spec in specs:
+            task = TaskConfig.from_dict(spec.task)
+            cfg = model_class(spec.arch).config_class.from_dict({"d_vocab": task.vocab.size, **spec.model})
+            TrainConfig.from_dict(spec.train)
+            n_ctx = getattr(cfg, "n_ctx", None)
+            for ev in map(EvalSpec.from_dict, spec.evals):
+                longest = TaskConfig.from_dict({**spec.task, **ev.task}).sequence_length(max(ev.lengths))
+                assert n_ctx is None or longest <= n_ctx, (spec.label, longest, n_ctx)

@@ -51,9 +51,8 @@ def reproduce(
     if not sweep.complete:
         return sweep, None
     command = command or f"interp reproduce {name} --scale {scale}"
-    report = write_report(
-        experiment, scale, sweep.records, root, report_dir, command, time.perf_counter() - t0
-    )
+    wall = time.perf_counter() - t0
+    report = write_report(experiment, scale, sweep.records, root / name, report_dir, command, wall)
     return sweep, report
 
 
