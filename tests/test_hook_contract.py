@@ -9,6 +9,8 @@ interp's models.
 - `transformer_lens.patching` on interp's transformer equals interp's batched patching.
 """
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -318,3 +320,18 @@ def test_unknown_component_and_axes_errors_name_what_is_allowed():
         hook_info(model, "blocks.0.hook_h")
     with pytest.raises(TypeError, match="hook contract.*cfg.d_vocab"):
         probe_lags(nn.Linear(2, 2), torch.zeros(2, 2, dtype=torch.long), "x", 0, max_lag=0)
+
+
+# ---- compatibility -----------------------------------------------------------------------------------
+DATA = Path(__file__).parent / "data" / "checkpoints_v0"
+
+
+@pytest.mark.parametrize("arch", ["transformer", "mamba", "lstm"])
+def test_checkpoints_written_before_the_contract_still_load_and_give_the_same_logits(arch):
+    """tests/data/checkpoints_v0 was written by the commit before interp.hooks (61345ea)."""
+    expected = json.loads((DATA / "expected.json").read_text())
+    model = interp.load(DATA / arch)
+    assert model.arch == arch and model.cfg.device == "cpu"
+    logits = model(torch.tensor(expected["tokens"]))[0, -1]
+    torch.testing.assert_close(logits, torch.tensor(expected["last_logits"][arch]), atol=1e-5, rtol=0)
+    assert hook_info(model, "blocks.0.hook_resid_pre" if arch != "lstm" else "blocks.0.hook_hidden").pos == 1
