@@ -282,6 +282,39 @@ def test_transformer_lens_patching_equals_interp_batched():
     assert (tl - tl.mean()).abs().max() > 1e-3  # patches differ from each other
 
 
+def test_transformer_lens_resid_patching_on_interp_mamba_equals_interp():
+    from transformer_lens import patching
+
+    torch.manual_seed(0)
+    model = build_model("mamba", d_vocab=30, d_model=16, n_layers=2).eval()
+    clean, corrupt = pair_tokens(n=3, p=6, vocab=30)
+    metric = logit_diff(clean, corrupt)
+    _, clean_cache = model.run_with_cache(clean)
+    tl = patching.get_act_patch_resid_pre(model, corrupt, clean_cache, lambda logits: metric(logits).mean())
+    ours = patch_grid(model, clean, corrupt, metric, "resid_pre", positions=True)
+    torch.testing.assert_close(
+        tl, torch.tensor(ours["metric"].values, dtype=tl.dtype).view(2, 6), atol=1e-5, rtol=0
+    )
+
+
+def test_activation_cache_head_results_add_up_to_the_attention_output():
+    """TransformerLens's ActivationCache helpers read W_O (a per-head view of interp's fused weights)."""
+    from transformer_lens import ActivationCache
+
+    torch.manual_seed(0)
+    model = build_model("transformer", d_vocab=30, d_model=32, n_layers=2, n_heads=4).eval()
+    tokens = torch.randint(0, 30, (2, 6))
+    _, raw = model.run_with_cache(tokens)
+    cache = ActivationCache(raw, model)
+    heads = cache.stack_head_results(layer=1)  # [layer * head, B, P, d_model], layer 0's heads
+    b_o = model.blocks[0].attn.b_O
+    torch.testing.assert_close(heads.sum(0) + b_o, raw["blocks.0.hook_attn_out"], atol=1e-5, rtol=0)
+    resid = cache.accumulated_resid()  # embed, after layer 0, after layer 1
+    torch.testing.assert_close(resid[-1], raw["blocks.1.hook_resid_post"])
+    parts = cache.decompose_resid()  # embed, attn_out / mlp_out of each layer: they sum to the stream
+    torch.testing.assert_close(parts.sum(0), raw["blocks.1.hook_resid_post"], atol=1e-5, rtol=0)
+
+
 def test_config_carries_what_transformer_lens_reads():
     t = build_model("transformer", d_model=32, n_heads=4, normalization="none")
     assert (t.cfg.device, t.cfg.n_key_value_heads, t.cfg.d_head, t.cfg.act_fn) == ("cpu", None, 8, "gelu")
@@ -335,3 +368,28 @@ def test_checkpoints_written_before_the_contract_still_load_and_give_the_same_lo
     logits = model(torch.tensor(expected["tokens"]))[0, -1]
     torch.testing.assert_close(logits, torch.tensor(expected["last_logits"][arch]), atol=1e-5, rtol=0)
     assert hook_info(model, "blocks.0.hook_resid_pre" if arch != "lstm" else "blocks.0.hook_hidden").pos == 1
+
+
+# ---- the README's section ------------------------------------------------------------------------------
+README = Path(__file__).parent.parent / "README.md"
+
+
+def readme_section() -> str:
+    text = README.read_text()
+    start = text.index("## The hook contract")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_readme_axes_table_is_the_generated_one():
+    assert axes_table(group=True) in readme_section()
+
+
+@pytest.mark.slow
+def test_readme_hook_contract_example_runs():
+    section = readme_section()
+    code = section[
+        section.index("```python") + len("```python") : section.index("```", section.index("```python") + 3)
+    ]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert len(namespace["heads"]) == 2 * 4 and len(namespace["lags"]) == 4

@@ -145,7 +145,9 @@ class MambaConfig(Config):
         return self.expand * self.d_model
 
     normalization_type = "RMS"  # what TransformerLens's utilities read (see TransformerConfig)
+    n_heads = None  # no attention; transformer_lens.patching reads the field for every activation
     n_key_value_heads = None
+    attn_only = False
 
     @property
     def rank(self) -> int:

@@ -134,6 +134,25 @@ class Attention(nn.Module):
         self.hook_pattern = Hook("batch head pos key_pos")  # [batch, head, query_pos, key_pos]
         self.hook_z = Hook("batch pos head d_head")  # [batch, pos, head, d_head]
 
+    # Per-head views of the fused weights in TransformerLens's layout (no copies, not in the state dict),
+    # for TransformerLens's ActivationCache helpers (compute_head_results, stack_head_results, ...).
+    def _qkv(self, which: int, bias: bool) -> Tensor:
+        h, dh = self.cfg.n_heads, self.cfg.d_head
+        if bias:
+            return self.qkv.bias.view(h, 3, dh)[:, which]  # [head, d_head]
+        return self.qkv.weight.view(h, 3, dh, -1)[:, which].transpose(1, 2)  # [head, d_model, d_head]
+
+    W_Q = property(lambda self: self._qkv(0, False))
+    W_K = property(lambda self: self._qkv(1, False))
+    W_V = property(lambda self: self._qkv(2, False))
+    b_Q = property(lambda self: self._qkv(0, True))
+    b_K = property(lambda self: self._qkv(1, True))
+    b_V = property(lambda self: self._qkv(2, True))
+    W_O = property(
+        lambda self: self.out.weight.T.reshape(self.cfg.n_heads, self.cfg.d_head, -1)
+    )  # [h, dh, d]
+    b_O = property(lambda self: self.out.bias)  # [d_model]
+
     def forward(
         self,
         x: Tensor,

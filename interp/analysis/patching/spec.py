@@ -105,7 +105,7 @@ def patch_specs(
     info = hook_info(model, template.format(layer=layers[0]))
     if heads is not False and info.head is None:
         raise ValueError(f"{template!r} has no head axis; use heads=False")
-    head_list = _choose(heads, getattr(model.cfg, "n_heads", 0), "heads")
+    head_list = _choose(heads, getattr(model.cfg, "n_heads", None) or 0, "heads")
     if positions is True and n_pos is None:
         raise ValueError("positions=True needs n_pos, the sequence length of the batches")
     pos_list = _choose(positions, n_pos or 0, "positions")
