@@ -11,6 +11,7 @@ ARCHITECTURES = {
     "transformer": "interp.models.transformer:HookedTransformer",
     "lstm": "interp.models.lstm:HookedLSTM",
     "mamba": "interp.models.mamba:HookedMamba",
+    "mamba2": "interp.models.mamba2:HookedMamba2",
     "shift_register": "interp.models.shift_register:ShiftRegister",  # planted ground truth for probes
 }
 

@@ -1,0 +1,359 @@
+"""Mamba-2's SSD scan (state-space duality, Dao & Gu 2024), in the layout of mamba-ssm's
+`mamba_chunk_scan_combined` (positions before heads).
+
+For every batch b, head h (of H, in G groups of H/G heads that share B and C), head channel p and state
+coordinate n (shapes: x [B, L, H, P]; dt [B, L, H]; A [H]; B, C [B, L, G, N]; D [H]):
+
+    dt_t  = clamp(softplus(dt_t + dt_bias), *dt_limit)         (softplus when dt_softplus)
+    h_t   = exp(dt_t * A) * h_{t-1} + dt_t * x_t B_t^T          h_0 = initial_state or 0, h: [B, H, P, N]
+    y_t   = h_t C_t + D * x_t                                   y: [B, L, H, P]
+
+The decay exp(dt_t * A[h]) is one scalar per head and position (Mamba-1 has one per channel and state
+coordinate). That is what makes the sequence map y = M x exact and cheap to write down (`ssd_attention`):
+
+    M[b, h, t, s] = (C_t . B_s) exp(A[h] (cum_t - cum_s)) dt_s      for s <= t,  cum_t = dt_1 + ... + dt_t
+
+Two implementations, one result:
+
+- `ssd_scan_ref`: a plain loop over positions in float32 (float64 for float64 inputs). Obviously correct
+  and slow; every other path is tested against it, in outputs, states and gradients.
+- `ssd_scan_chunked`: the fast pure-PyTorch path. Without hooks (training, evaluation) it is the SSD
+  chunked form: positions are cut into chunks of `chunk_size`; inside a chunk the output is the masked
+  matrix product `(C B^T * decay) (dt x)` (an attention-like [Q, Q] matrix per head: batched matmuls,
+  no time loop), and only the state at each chunk boundary is carried over by a short loop over
+  chunks. B and C are multiplied once per *group*, not once per head (Hugging Face's fallback repeats
+  them for every head first). When per-position states are asked for or edited (`return_states`,
+  `state_edit`, `write`: the hooks `hook_ssm_state` / `hook_ssm_write`) it builds the [B, H, L, P, N]
+  states chunk by chunk with the same decay matrices, and from an edited position on runs one position
+  at a time, so an edit at t is the state that t + 1 builds on (and earlier positions are untouched).
+
+Autograd runs through both paths (no custom backward): the chunked form keeps [B, H, L, Q] decay and
+score matrices for backward, which with Q = 64 is smaller than the [B, H, L, 256] tensors of Hugging
+Face's fallback (benchmarks/mamba2_scan.py measures both).
+
+Interpretability extras, as in `interp.models.scan`: `state_edit` [B, H, L, P, N] (NaN = keep) replaces
+entries of h_t *inside* the recurrence, `write` [B, H, L, P, N] replaces the write term dt * x B^T.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+IMPLS = ("auto", "reference", "chunked")  # "auto" = "chunked": mamba-ssm's Mamba-2 kernels are not wired in
+DEFAULT_CHUNK = 64  # measured on CPU (benchmarks/mamba2_scan.py): 32..128 are within ~15% of each other
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks and the shared pre-processing
+# ---------------------------------------------------------------------------------------------
+def _check_shapes(x, dt, A, B, C, D, dt_bias, initial_state, state_edit, write) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"x must be [batch, length, n_heads, head_dim], got shape {tuple(x.shape)}")
+    b, length, h, p = x.shape
+    if B.ndim != 4 or B.shape[:2] != (b, length):
+        raise ValueError(f"B must be [batch={b}, length={length}, n_groups, d_state], got {tuple(B.shape)}")
+    g, n = B.shape[2:]
+    if h % g:
+        raise ValueError(f"n_heads={h} is not divisible by n_groups={g} (B has shape {tuple(B.shape)})")
+    expected = {
+        "dt": (dt, (b, length, h)),
+        "A": (A, (h,)),
+        "C": (C, (b, length, g, n)),
+        "D": (D, (h,)),
+        "dt_bias": (dt_bias, (h,)),
+        "initial_state": (initial_state, (b, h, p, n)),
+        "state_edit": (state_edit, (b, h, length, p, n)),
+        "write": (write, (b, h, length, p, n)),
+    }
+    for name, (t, shape) in expected.items():
+        if t is not None and tuple(t.shape) != shape:
+            raise ValueError(
+                f"{name} must have shape {list(shape)} to match x {list(x.shape)} and B {list(B.shape)}, "
+                f"got {list(t.shape)}"
+            )
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def discretize_dt(
+    dt: Tensor, dt_bias: Tensor | None, dt_softplus: bool, dt_limit: tuple[float, float | None], dtype
+) -> Tensor:
+    """dt [B, L, H] -> clamp(softplus(dt + dt_bias), *dt_limit) in `dtype` (limit None = no upper bound)."""
+    out = dt.to(dtype)
+    if dt_bias is not None:
+        out = out + dt_bias.to(dtype)
+    if dt_softplus:
+        out = F.softplus(out)
+    lo, hi = dt_limit
+    if lo > 0.0 or hi is not None:
+        out = out.clamp(min=lo, max=hi)
+    return out
+
+
+def _heads(t: Tensor, n_heads: int) -> Tensor:
+    """[B, L, G, N] -> [B, L, H, N]: head h uses group h // (H / G), as mamba-ssm and Hugging Face do."""
+    return t.repeat_interleave(n_heads // t.shape[2], dim=2)
+
+
+def _causal_decay(cum: Tensor) -> Tensor:
+    """cum [..., Q] (within-chunk cumulative dt*A) -> exp(cum_t - cum_s) for s <= t, else 0: [..., Q, Q].
+
+    The upper triangle is filled with -inf *before* exp: cum_t - cum_s > 0 there and could overflow.
+    """
+    q = cum.shape[-1]
+    causal = torch.ones(q, q, dtype=torch.bool, device=cum.device).tril()
+    return (cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference: one position at a time
+# ---------------------------------------------------------------------------------------------
+def ssd_scan_ref(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = True,
+    dt_limit: tuple[float, float | None] = (0.0, None),
+    initial_state: Tensor | None = None,
+    return_last_state: bool = False,
+    return_states: bool = False,
+    state_edit: Tensor | None = None,
+    write: Tensor | None = None,
+):
+    """The recurrence as a loop over positions, in float32 (float64 for float64 inputs).
+
+    Same arguments and returns as `ssd_scan`.
+    """
+    _check_shapes(x, dt, A, B, C, D, dt_bias, initial_state, state_edit, write)
+    f = _compute_dtype(x)
+    b, length, h, p = x.shape
+    n = B.shape[-1]
+    dtf = discretize_dt(dt, dt_bias, dt_softplus, dt_limit, f)  # [B, L, H]
+    xf, Af = x.to(f), A.to(f)
+    Bh, Ch = _heads(B.to(f), h), _heads(C.to(f), h)  # [B, L, H, N]
+    state = initial_state.to(f) if initial_state is not None else xf.new_zeros(b, h, p, n)  # [B, H, P, N]
+    ys, states = [], []
+    for t in range(length):
+        decay = torch.exp(dtf[:, t] * Af)[..., None, None]  # [B, H, 1, 1]
+        if write is not None:
+            w = write[:, :, t].to(f)
+        else:
+            w = (dtf[:, t, :, None] * xf[:, t])[..., None] * Bh[:, t, :, None, :]  # [B, H, P, N]
+        state = decay * state + w
+        if state_edit is not None:
+            e = state_edit[:, :, t].to(f)
+            state = torch.where(torch.isnan(e), state, e)
+        states.append(state)
+        ys.append((state * Ch[:, t, :, None, :]).sum(-1))  # [B, H, P]
+    y = torch.stack(ys, dim=1) if length else xf.new_zeros(b, 0, h, p)
+    if D is not None:
+        y = y + xf * D.to(f)[:, None]
+    y = y.to(x.dtype)
+    if return_states:
+        return y, (torch.stack(states, dim=2) if length else xf.new_zeros(b, h, 0, p, n))
+    if return_last_state:
+        return y, state
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Chunked path
+# ---------------------------------------------------------------------------------------------
+def _chunked_factored(xf, dtf, Af, Bf, Cf, h0, q: int) -> tuple[Tensor, Tensor]:
+    """The SSD chunked form: (<C_t, h_t> [B, L, H, P], h_L [B, H, P, N]) without per-position states.
+
+    Heads are split as (group g, head-in-group j) so that C B^T and the state readout are batched
+    per group and B, C are never repeated per head.
+    """
+    b, length, h, p = xf.shape
+    g, n = Bf.shape[2:]
+    j = h // g
+    pad = (-length) % q
+    if pad:  # dt = 0 on padding: decay 1 and write 0, so the last state passes through unchanged
+        xf, dtf = F.pad(xf, (0, 0, 0, 0, 0, pad)), F.pad(dtf, (0, 0, 0, pad))
+        Bf, Cf = F.pad(Bf, (0, 0, 0, 0, 0, pad)), F.pad(Cf, (0, 0, 0, 0, 0, pad))
+    c = (length + pad) // q
+    a = (dtf * Af).view(b, c, q, g, j).permute(0, 1, 3, 4, 2)  # log decay, [B, c, G, J, Q]
+    cum = a.cumsum(-1)  # [B, c, G, J, Q]
+    xdt = (xf * dtf[..., None]).view(b, c, q, g, j, p)  # the write's x-factor dt * x
+    Bc, Cc = Bf.view(b, c, q, g, n), Cf.view(b, c, q, g, n)
+
+    # 1. inside each chunk: y_t = sum_{s <= t} (C_t . B_s) exp(cum_t - cum_s) dt_s x_s
+    scores = torch.einsum("bctgn,bcsgn->bcgts", Cc, Bc)  # [B, c, G, Q(t), Q(s)], once per group
+    M = _causal_decay(cum) * scores[:, :, :, None]  # [B, c, G, J, Q, Q]
+    y = torch.einsum("bcgjts,bcsgjp->bctgjp", M, xdt)  # [B, c, Q, G, J, P]
+
+    # 2. each chunk's own contribution to the state at its end: sum_s exp(cum_end - cum_s) dt_s x_s B_s^T
+    to_end = torch.exp(cum[..., -1:] - cum)  # [B, c, G, J, Q]
+    xdt_end = xdt * to_end.permute(0, 1, 4, 2, 3)[..., None]  # [B, c, Q, G, J, P]
+    chunk_states = torch.einsum("bcsgjp,bcsgn->bcgjpn", xdt_end, Bc)  # [B, c, G, J, P, N]
+
+    # 3. states at chunk boundaries: a short loop over chunks (L / Q of them)
+    chunk_decay = torch.exp(cum[..., -1])[..., None, None]  # [B, c, G, J, 1, 1]
+    state = h0.view(b, g, j, p, n)
+    starts = []
+    for k in range(c):
+        starts.append(state)
+        state = chunk_decay[:, k] * state + chunk_states[:, k]
+    start = torch.stack(starts, dim=1)  # [B, c, G, J, P, N], the state entering each chunk
+
+    # 4. what the entering state contributes to each output: exp(cum_t) <C_t, h_start>
+    y_in = torch.einsum("bctgn,bcgjpn->bctgjp", Cc, start)  # [B, c, Q, G, J, P]
+    y = y + y_in * torch.exp(cum).permute(0, 1, 4, 2, 3)[..., None]
+    return y.reshape(b, c * q, h, p)[:, :length], state.reshape(b, h, p, n)
+
+
+def _chunked_states(xf, dtf, Af, Bf, Cf, h0, q: int, write, mask, val) -> tuple[Tensor, Tensor]:
+    """Every state h_t [B, H, L, P, N] and <C_t, h_t> [B, L, H, P], chunk by chunk.
+
+    Within a chunk: h_t = exp(cum_t) h_start + sum_{s <= t} exp(cum_t - cum_s) w_s, one batched matmul.
+    From the first edited position of a chunk on it runs position by position, so the edited h_t is
+    what h_{t+1} builds on. `write` [B, H, L, P, N] replaces w = dt x B^T; `mask`/`val` are the edits.
+    """
+    b, length, h, p = xf.shape
+    n = Bf.shape[-1]
+    Bh, Ch = _heads(Bf, h), _heads(Cf, h)  # [B, L, H, N]
+    if write is None:  # materialise w_t = dt_t x_t B_t^T: the states are this big anyway
+        write = torch.einsum("blhp,blhn->bhlpn", xf * dtf[..., None], Bh)
+    a = (dtf * Af).transpose(1, 2)  # [B, H, L]
+    state = h0
+    chunks = []
+    for s0 in range(0, length, q):
+        s1 = min(s0 + q, length)
+        w = write[:, :, s0:s1]  # [B, H, S, P, N]
+        cum = a[:, :, s0:s1].cumsum(-1)  # [B, H, S]
+        hs = torch.einsum("bhts,bhspn->bhtpn", _causal_decay(cum), w)
+        hs = hs + torch.exp(cum)[..., None, None] * state[:, :, None]
+        edited = mask[:, :, s0:s1].flatten(3).any(-1).any(0).any(0).nonzero() if mask is not None else []
+        if len(edited):
+            # from the first edit on, one position at a time; the positions before it keep the values
+            # computed above, bit for bit the unedited run's (so a patch never changes an earlier output)
+            first = int(edited[0])
+            state = hs[:, :, first - 1] if first else state
+            seq = []
+            for t in range(s0 + first, s1):
+                state = torch.exp(a[:, :, t])[..., None, None] * state + write[:, :, t]
+                seq.append(torch.where(mask[:, :, t], val[:, :, t], state))
+                state = seq[-1]
+            hs = torch.cat([hs[:, :, :first], torch.stack(seq, dim=2)], dim=2)
+        chunks.append(hs)
+        state = hs[:, :, -1]
+    states = torch.cat(chunks, dim=2) if chunks else xf.new_zeros(b, h, 0, p, n)
+    y = torch.einsum("bhlpn,blhn->blhp", states, Ch)
+    return y, states
+
+
+def ssd_scan_chunked(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = True,
+    dt_limit: tuple[float, float | None] = (0.0, None),
+    initial_state: Tensor | None = None,
+    return_last_state: bool = False,
+    return_states: bool = False,
+    state_edit: Tensor | None = None,
+    write: Tensor | None = None,
+    chunk_size: int | None = None,
+):
+    """The fast pure-PyTorch path (see the module docstring); same arguments as `ssd_scan`."""
+    _check_shapes(x, dt, A, B, C, D, dt_bias, initial_state, state_edit, write)
+    q = chunk_size or DEFAULT_CHUNK
+    if not isinstance(q, int) or q < 1:
+        raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size!r}")
+    f = _compute_dtype(x)
+    b, length, h, p = x.shape
+    n = B.shape[-1]
+    dtf = discretize_dt(dt, dt_bias, dt_softplus, dt_limit, f)
+    xf, Af, Bf, Cf = x.to(f), A.to(f), B.to(f), C.to(f)
+    h0 = initial_state.to(f) if initial_state is not None else xf.new_zeros(b, h, p, n)
+    if return_states or state_edit is not None or write is not None:
+        mask = val = None
+        if state_edit is not None:
+            mask = ~torch.isnan(state_edit)
+            val = torch.where(mask, state_edit.to(f), torch.zeros((), dtype=f, device=x.device))
+        wf = write.to(f) if write is not None else None
+        y, states = _chunked_states(xf, dtf, Af, Bf, Cf, h0, q, wf, mask, val)
+        last = states[:, :, -1] if length else h0
+    else:
+        y, last = _chunked_factored(xf, dtf, Af, Bf, Cf, h0, q) if length else (xf.new_zeros(b, 0, h, p), h0)
+        states = None
+    if D is not None:
+        y = y + xf * D.to(f)[:, None]
+    y = y.to(x.dtype)
+    if return_states:
+        return y, states
+    if return_last_state:
+        return y, last
+    return y
+
+
+# ---------------------------------------------------------------------------------------------
+# Dispatch and the hidden attention matrix
+# ---------------------------------------------------------------------------------------------
+def ssd_scan(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Tensor | None = None,
+    dt_bias: Tensor | None = None,
+    dt_softplus: bool = True,
+    dt_limit: tuple[float, float | None] = (0.0, None),
+    initial_state: Tensor | None = None,
+    return_last_state: bool = False,
+    return_states: bool = False,
+    state_edit: Tensor | None = None,
+    write: Tensor | None = None,
+    impl: str = "auto",
+    chunk_size: int | None = None,
+):
+    """Mamba-2 SSD scan.
+
+    x: [B, L, H, P]; dt: [B, L, H] (before dt_bias and softplus); A: [H] (negative, = -exp(A_log));
+    B, C: [B, L, G, N] with G dividing H; D, dt_bias: [H]; dt_limit: (min, max or None) after softplus;
+    initial_state: [B, H, P, N] (default zeros).
+    return_last_state: also return h_L [B, H, P, N].
+    return_states: also return every state h_t as [B, H, L, P, N] (instead of the last one).
+    state_edit: [B, H, L, P, N], NaN except where h_t is replaced; later positions see the edit.
+    write: [B, H, L, P, N] used instead of the write term dt * x B^T.
+    impl: "auto" | "reference" | "chunked". Returns y [B, L, H, P] in x's dtype, or (y, last) / (y, states).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"unknown SSD scan impl {impl!r}; allowed: {', '.join(IMPLS)}")
+    args = (x, dt, A, B, C, D, dt_bias, dt_softplus, dt_limit, initial_state)
+    extras = dict(
+        return_last_state=return_last_state, return_states=return_states, state_edit=state_edit, write=write
+    )
+    if impl == "reference":
+        return ssd_scan_ref(*args, **extras)
+    return ssd_scan_chunked(*args, **extras, chunk_size=chunk_size)
+
+
+def ssd_attention(dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+    """The SSD sequence map M [B, H, L(t), L(s)] with y_t = sum_s M[t, s] x_s + D x_t (module docstring).
+
+    dt: [B, L, H] *discretised* (after dt_bias, softplus and clamping); A: [H]; B, C: [B, L, G, N].
+    Entries with s > t are 0. Exact: Mamba-2's decay is a scalar per head, so M is the whole layer map
+    from the scan input x to its output, for every head channel p alike. Memory: B*H*L*L numbers.
+    """
+    f = _compute_dtype(dt)
+    h = dt.shape[-1]
+    dtf = dt.to(f)
+    cum = (dtf * A.to(f)).cumsum(1).transpose(1, 2)  # [B, H, L]
+    scores = torch.einsum("btgn,bsgn->bgts", C.to(f), B.to(f))  # [B, G, L, L]
+    scores = scores.repeat_interleave(h // B.shape[2], dim=1)  # [B, H, L, L]
+    return scores * _causal_decay(cum) * dtf.transpose(1, 2)[:, :, None, :]
