@@ -393,3 +393,7 @@ def test_readme_hook_contract_example_runs():
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     assert len(namespace["heads"]) == 2 * 4 and len(namespace["lags"]) == 4
+
+
+def test_readme_mamba_hook_table_is_the_generated_one():
+    assert axes_table(build_model("mamba", d_model=8)) in README.read_text()

@@ -12,28 +12,10 @@ Forward: tokens [B, P] -> embedding -> n_layers x (x + Mixer(RMSNorm(x))) -> RMS
 
 Hook names follow TransformerLens 4's `TransformerBridge` for Hugging Face Mamba wherever it hooks the
 same quantity, with the same layout, so caches move between the two (a test checks names and values
-against the bridge). Per layer `l`:
-
-    blocks.{l}.hook_resid_pre               [B, P, d_model]
-    blocks.{l}.norm.hook_scale              [B, P, 1]          RMS of the residual (+eps)
-    blocks.{l}.norm.hook_normalized         [B, P, d_model]    before the norm's weight
-    blocks.{l}.hook_mixer_in                [B, P, d_model]    after the norm's weight
-    blocks.{l}.mixer.hook_in_proj           [B, P, 2*D_inner]  [x | z]
-    blocks.{l}.mixer.hook_gate              [B, P, D_inner]    z, before SiLU         (not in the bridge)
-    blocks.{l}.mixer.hook_conv              [B, D_inner, P + d_conv - 1]  conv1d output before the
-                                            causal trim and SiLU, channel-first (the bridge's layout;
-                                            only its first P positions are used)
-    blocks.{l}.mixer.hook_ssm_in            [B, P, D_inner]    u = SiLU(conv)[:P], the scan input (not in the bridge)
-    blocks.{l}.mixer.hook_x_proj            [B, P, dt_rank + 2N]
-    blocks.{l}.mixer.hook_B, hook_C         [B, P, N]                                 (not in the bridge)
-    blocks.{l}.mixer.hook_ssm_dt            [B, P, D_inner]    dt_proj output incl. bias, before softplus
-    blocks.{l}.mixer.hook_ssm_write         [B, D_inner, P, N] softplus(delta) * u * B, what each step adds
-    blocks.{l}.mixer.hook_ssm_state         [B, D_inner, P, N] h_t after each position
-    blocks.{l}.mixer.hook_scan_out          [B, P, D_inner]    (y + D*u) * SiLU(z), before out_proj (not in the bridge)
-    blocks.{l}.mixer.hook_ssm_out           [B, P, d_model]    out_proj output (the bridge's name for it)
-    blocks.{l}.hook_mixer_out               [B, P, d_model]    the same value, block-level name
-    blocks.{l}.hook_resid_post              [B, P, d_model]
-    hook_embed, ln_final.hook_scale, ln_final.hook_normalized
+against the bridge). Each hook declares its axes and what it holds where it is made (`Hook("batch
+channel pos state", note=...)` in `MambaMixer` and `MambaBlock` below); `interp.hooks.axes_table(model)`
+prints them as a table (the README's). Not in the bridge: `hook_gate`, `hook_ssm_in`, `hook_B`, `hook_C`,
+`hook_scan_out`. `hook_conv` keeps the bridge's layout [B, D_inner, P + d_conv - 1] (before the causal trim).
 
 `hook_ssm_write` and `hook_ssm_state` hold `B * D_inner * P * N` numbers each; they are computed only
 when a hook function or a cache asks for them (otherwise the fast scan never materialises them).
@@ -177,8 +159,8 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(d))
         self.eps = eps
-        self.hook_scale = Hook("batch pos one")  # [batch, pos, 1]
-        self.hook_normalized = Hook("batch pos d_model")  # [batch, pos, d_model], before the weight
+        self.hook_scale = Hook("batch pos one", note="RMS of the input (+eps), [B, P, 1]")
+        self.hook_normalized = Hook("batch pos d_model", note="normalised, before the weight")
 
     def forward(self, x: Tensor) -> Tensor:
         xf = x.float()
@@ -202,22 +184,31 @@ class MambaMixer(nn.Module):
         self.A_log._no_weight_decay = True  # mamba-ssm's marker for parameters to keep out of weight decay
         self.D._no_weight_decay = True
 
-        self.hook_in_proj = Hook("batch pos d_in_proj")  # [batch, pos, 2 * d_inner]
-        self.hook_gate = Hook("batch pos channel")  # [batch, pos, d_inner], z before SiLU
-        self.hook_conv = Hook("batch channel pos")  # [batch, d_inner, pos + d_conv - 1], before trim and SiLU
-        self.hook_ssm_in = Hook("batch pos channel")  # [batch, pos, d_inner], u = SiLU(conv)
-        self.hook_x_proj = Hook("batch pos d_x_proj")  # [batch, pos, dt_rank + 2 * d_state]
-        self.hook_B = Hook("batch pos state")  # [batch, pos, d_state]
-        self.hook_C = Hook("batch pos state")  # [batch, pos, d_state]
-        self.hook_ssm_dt = Hook("batch pos channel")  # [batch, pos, d_inner], before softplus
+        self.hook_in_proj = Hook("batch pos d_in_proj", note="[x, z], 2 * D_inner")
+        self.hook_gate = Hook("batch pos channel", note="z, before SiLU (interp only)")
+        self.hook_conv = Hook(
+            "batch channel pos",
+            note="conv1d output before trim and SiLU: P + d_conv - 1 positions (bridge layout)",
+        )
+        self.hook_ssm_in = Hook("batch pos channel", note="u = SiLU(conv), the scan input (interp only)")
+        self.hook_x_proj = Hook("batch pos d_x_proj", note="[dt_low, B, C], dt_rank + 2N")
+        self.hook_B = Hook("batch pos state", note="input-dependent B (interp only)")
+        self.hook_C = Hook("batch pos state", note="input-dependent C (interp only)")
+        self.hook_ssm_dt = Hook("batch pos channel", note="dt_proj output incl. bias, before softplus")
         self.hook_ssm_write = Hook(
-            "batch channel pos state", patch="recurrence"
-        )  # [batch, d_inner, pos, d_state]
-        self.hook_ssm_state = Hook(
-            "batch channel pos state", state=True, patch="recurrence", grad_via="hook_ssm_write"
-        )  # [batch, d_inner, pos, d_state]
-        self.hook_scan_out = Hook("batch pos channel")  # [batch, pos, d_inner]
-        self.hook_ssm_out = Hook("batch pos d_model")  # [batch, pos, d_model]
+            "batch channel pos state", patch="recurrence", note="dt u B, what each step adds to the state"
+        )
+        self.hook_ssm_state = Hook(  # inside the recurrence: a patch at t feeds every later state
+            "batch channel pos state",
+            state=True,
+            patch="recurrence",
+            grad_via="hook_ssm_write",
+            note="the state h_t after each position",
+        )
+        self.hook_scan_out = Hook(
+            "batch pos channel", note="(y + D u) SiLU(z), before out_proj (interp only)"
+        )
+        self.hook_ssm_out = Hook("batch pos d_model", note="out_proj output (the bridge's name)")
 
     def forward(self, x: Tensor, cache_out: list | None = None, mask: Tensor | None = None) -> Tensor:
         """x: [B, P, d_model] (normalised) -> [B, P, d_model]. Appends (conv, ssm) state to cache_out.
@@ -297,10 +288,12 @@ class MambaBlock(nn.Module):
         super().__init__()
         self.norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.mixer = MambaMixer(cfg)
-        self.hook_resid_pre = Hook("batch pos d_model")  # [batch, pos, d_model]
-        self.hook_mixer_in = Hook("batch pos d_model")  # [batch, pos, d_model]
-        self.hook_mixer_out = Hook("batch pos d_model")  # [batch, pos, d_model]
-        self.hook_resid_post = Hook("batch pos d_model")  # [batch, pos, d_model]
+        self.hook_resid_pre = Hook("batch pos d_model", note="residual stream")
+        self.hook_mixer_in = Hook(
+            "batch pos d_model", note="normalised input of the mixer (after the weight)"
+        )
+        self.hook_mixer_out = Hook("batch pos d_model", note="mixer output, block-level name")
+        self.hook_resid_post = Hook("batch pos d_model", note="residual stream")
 
     def forward(self, x: Tensor, cache_out: list | None = None, mask: Tensor | None = None) -> Tensor:
         x = self.hook_resid_pre(x)
@@ -322,7 +315,7 @@ class HookedMamba(HookedModel):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
-        self.hook_embed = Hook("batch pos d_model")  # [batch, pos, d_model]
+        self.hook_embed = Hook("batch pos d_model", note="token embeddings")
         self.blocks = nn.ModuleList([MambaBlock(cfg) for _ in range(cfg.n_layers)])
         self.ln_final = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
