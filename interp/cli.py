@@ -31,7 +31,7 @@ from interp.utils import parse_int_list, resolve_device
 # every config's __post_init__), missing or unwritable files (OSError). Anything else is a bug.
 USER_ERRORS = (ValueError, OSError, FloatingPointError)
 
-TRAINABLE = ["transformer", "lstm", "mamba"]  # the other architectures are hand-built ground truths
+TRAINABLE = ["transformer", "lstm", "mamba", "mamba2", "hybrid"]  # the others are hand-built ground truths
 
 # command-line flag -> model config field; only flags the user gave are passed on
 MODEL_FLAGS = {
@@ -43,6 +43,7 @@ MODEL_FLAGS = {
     "n_ctx": int,
     "d_state": int,
     "expand": int,
+    "layers": str,  # hybrid layer pattern "mamba,attn"; split by HybridConfig (which lists allowed kinds)
 }
 TASK_FLAGS = {
     "task": str,
@@ -129,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n-ctx", type=int, help="longest input the model accepts")
     g.add_argument("--d-state", type=int, help="SSM state size per channel (Mamba)")
     g.add_argument("--expand", type=int, help="inner width factor (Mamba)")
+    g.add_argument(
+        "--layers",
+        help="hybrid layer pattern, comma-separated kinds: mamba, mamba2, attn, mlp (e.g. mamba,attn)",
+    )
     g.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="any other model config field")
     _add_task_args(p, defaults=True)
     g = p.add_argument_group("training")

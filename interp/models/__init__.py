@@ -12,6 +12,7 @@ ARCHITECTURES = {
     "lstm": "interp.models.lstm:HookedLSTM",
     "mamba": "interp.models.mamba:HookedMamba",
     "mamba2": "interp.models.mamba2:HookedMamba2",
+    "hybrid": "interp.models.hybrid:HookedHybrid",  # a layer pattern of mamba, mamba2, attn and mlp layers
     "shift_register": "interp.models.shift_register:ShiftRegister",  # planted ground truth for probes
 }
 

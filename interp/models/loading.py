@@ -313,8 +313,13 @@ def tokenizer_for(folder: Path | None, tokenizer: str | Path | None = None):
     return load_tokenizer(folder, tokenizer_source=source)
 
 
+# SSM + attention hybrids Hugging Face implements that interp has no conversion for (see interp.models.hf.nemotron_h
+# for why Nemotron-H is the one it has)
+UNSUPPORTED_HYBRIDS = ("bamba", "falcon_h1", "granitemoehybrid", "jamba", "zamba", "zamba2")
+
+
 def load_hf_folder(folder: Path, device: str | torch.device = "cpu") -> HookedModel:
-    """A local Hugging Face folder (config.json with model_type gpt_neox or mamba) -> hooked model.
+    """A local Hugging Face folder (config.json with model_type gpt_neox, mamba, mamba2, nemotron_h) -> hooked model.
 
     Weights are read from safetensors, or from pytorch_model.bin with torch.load(weights_only=True)
     (never unpickling arbitrary objects). `model.tokenizer` is the folder's tokenizer, or None.
@@ -328,9 +333,23 @@ def load_hf_folder(folder: Path, device: str | torch.device = "cpu") -> HookedMo
         model = from_hf_gpt_neox(hf).to(device)
     elif model_type == "mamba" or "ssm_cfg" in config:
         model = load_hf_mamba(folder).to(device).eval()
+    elif model_type == "mamba2":
+        from interp.models.hf.mamba2 import load_hf_mamba2
+
+        model = load_hf_mamba2(folder).to(device).eval()
+    elif model_type == "nemotron_h":
+        from interp.models.hf.nemotron_h import load_hf_nemotron_h
+
+        model = load_hf_nemotron_h(folder).to(device).eval()
+    elif model_type in UNSUPPORTED_HYBRIDS:
+        raise ValueError(
+            f"{folder} holds a {model_type!r} hybrid, which interp does not load; the supported hybrid family is "
+            "nemotron_h (Nemotron-H), and the other Hugging Face types gpt_neox, mamba, mamba2"
+        )
     else:
         raise ValueError(
-            f"{folder} holds a Hugging Face model of type {model_type!r}; interp loads gpt_neox (Pythia) and mamba"
+            f"{folder} holds a Hugging Face model of type {model_type!r}; interp loads gpt_neox (Pythia), mamba, "
+            "mamba2 and the hybrid nemotron_h"
         )
     model.tokenizer = load_tokenizer(folder)
     return model

@@ -49,8 +49,14 @@ HF_PREFIXES = (
 
 
 def dt_limit_from_hf(limit: Any) -> tuple[float, float | None]:
-    """Hugging Face's time_step_limit (min, max) with max = inf -> interp's (min, None)."""
-    lo, hi = (float(v) for v in (limit if limit is not None else (0.0, math.inf)))
+    """Hugging Face's time_step_limit (min, max) with max = inf -> interp's (min, None).
+
+    config.json written by transformers 5 spells infinity {"__float__": "Infinity"} (JSON has no inf)."""
+
+    def number(v: Any) -> float:
+        return float(v["__float__"]) if isinstance(v, dict) and "__float__" in v else float(v)
+
+    lo, hi = (number(v) for v in (limit if limit is not None else (0.0, math.inf)))
     return lo, (None if math.isinf(hi) else hi)
 
 
