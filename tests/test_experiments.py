@@ -104,7 +104,7 @@ def test_sweep_reports_a_failing_run_finishes_the_others_and_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_killed_sweep_resumes_runs_from_their_checkpoint(tmp_path):
-    """SIGKILL the sweep once a run has checkpointed; the rerun continues that run instead of restarting."""
+    """Kill the sweep once a run has checkpointed; the rerun continues that run instead of restarting."""
     spec = RunSpec("test", "lstm slow", "lstm", {"d_model": 8, "n_layers": 1}, TASK,
                    {**TRAIN, "steps": 4000, "checkpoint_every": 20, "eval_every": 1000}, 0, EVALS)  # fmt: skip
     script = (
@@ -122,11 +122,12 @@ def test_killed_sweep_resumes_runs_from_their_checkpoint(tmp_path):
 
     while time.monotonic() < deadline and not (folder.exists() and (checkpoint_step(folder) or 0) >= 40):
         time.sleep(0.2)
-    os.killpg(proc.pid, 9)  # the sweep and its worker, mid-run
-    proc.wait()
+    proc.terminate()  # SIGTERM to the sweep alone, mid-run: it must stop its worker, not orphan it
+    proc.wait(timeout=60)
     holder = int((folder / ".lock").read_text().split()[1])  # "pid N on host H": the worker
-    while time.monotonic() < deadline and _alive(holder):  # SIGKILL is asynchronous
+    while time.monotonic() < deadline and _alive(holder):
         time.sleep(0.1)
+    assert not _alive(holder)
     step = checkpoint_step(folder)
     assert step is not None and 40 <= step < 4000 and not (folder / TRAINED).exists()
     record = execute_run(spec, tmp_path)

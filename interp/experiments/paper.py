@@ -36,6 +36,8 @@ class Scale:
     train: dict  # TrainConfig fields shared by every family
     lr: dict  # family -> peak learning rate
     steps: dict = field(default_factory=dict)  # family -> steps, where it differs from train["steps"]
+    # sample efficiency also on longer strings (fewer models), where a state must hold more: (max_len, steps)
+    long_strings: tuple[int, int] | None = None
     eval_examples: int = 256
     description: str = ""
 
@@ -84,8 +86,9 @@ SCALES = {
         train=dict(steps=2000, batch_size=32, warmup_steps=400, eval_every=100, eval_examples=256),
         lr=dict(transformer=3e-3, mamba=3e-3, lstm=3e-3),
         steps={},
-        description="2-layer models of ~100k parameters, 10 letters, strings of length 1-10, batch 32, "
-        "2,000 steps, 3 seeds",
+        long_strings=(30, 3000),
+        description="2-layer models of ~100k parameters, 10 letters, strings of length 1-10 (sample "
+        "efficiency also 1-30, 3,000 steps), batch 32, 2,000 steps, 3 seeds",
     ),
     "gpu": Scale(
         n_letters=26,
@@ -145,29 +148,39 @@ def _lineplot(data: pd.DataFrame, x: str, y: str, ax, hue: str = "model", **kwar
 # ---- 1. sample efficiency ------------------------------------------------------------------------
 
 
+LONG_STRING_MODELS = ("transformer rope", "transformer hard_alibi", "mamba", "lstm")
+
+
 def sample_efficiency_grid(scale_name: str, families=None) -> list[RunSpec]:
+    """Every model on strings of 1..max_len, and (where the preset has it) four on longer strings."""
     scale = SCALES[scale_name]
-    models = families or [*(f"transformer {p}" for p in POSITIONAL), "mamba", "lstm"]
+    settings = [(scale.max_len, families or [*(f"transformer {p}" for p in POSITIONAL), "mamba", "lstm"], {})]
+    if scale.long_strings and families is None:
+        long_len, long_steps = scale.long_strings
+        settings.append((long_len, LONG_STRING_MODELS, {"steps": long_steps}))
     runs = []
-    for label in models:
-        family, _, positional = label.partition(" ")
-        extra = {"positional": positional} if positional else {}
-        lengths = sorted({2, scale.max_len // 2, scale.max_len})
-        final = EvalSpec(lengths=lengths, examples=scale.eval_examples)
-        for seed in scale.seeds:
-            runs.append(
-                _run(
-                    "sample-efficiency",
-                    scale_name,
-                    label,
-                    family,
-                    copy_task(scale),
-                    seed,
-                    [final],
-                    {},
-                    **extra,
+    for max_len, models, train in settings:
+        final = EvalSpec(lengths=sorted({2, max_len // 2, max_len}), examples=scale.eval_examples)
+        for label in models:
+            family, _, positional = label.partition(" ")
+            extra = {"positional": positional} if positional else {}
+            for seed in scale.seeds:
+                task = copy_task(scale, max_len=max_len)
+                columns = {"max_len": max_len}
+                runs.append(
+                    _run(
+                        "sample-efficiency",
+                        scale_name,
+                        label,
+                        family,
+                        task,
+                        seed,
+                        [final],
+                        columns,
+                        train,
+                        **extra,
+                    )
                 )
-            )
     return runs
 
 
@@ -175,9 +188,10 @@ def sample_efficiency_table(records: list[dict]) -> pd.DataFrame:
     """Per run: examples seen until the held-out string accuracy first reached 50% and 90%, and the end."""
     curves = metrics_frame(records)
     rows = []
-    for (model, seed), run in curves.groupby(["model", "seed"], sort=False):
+    for (max_len, model, seed), run in curves.groupby(["max_len", "model", "seed"], sort=False):
         run = run.sort_values("examples_seen")
-        row = {"model": model, "seed": seed, "final_string_acc": float(run["string_acc"].iloc[-1])}
+        row = {"max_len": max_len, "model": model, "seed": seed}
+        row["final_string_acc"] = float(run["string_acc"].iloc[-1])
         for level in (50, 90):
             hit = run.loc[run["string_acc"] >= level / 100, "examples_seen"]
             row[f"examples_to_{level}"] = float(hit.iloc[0]) if len(hit) else math.nan
@@ -188,16 +202,20 @@ def sample_efficiency_table(records: list[dict]) -> pd.DataFrame:
 
 def sample_efficiency_figure(records: list[dict]) -> Figure:
     curves = metrics_frame(records)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    _lineplot(curves.assign(string_acc=curves["string_acc"] * 100), "examples_seen", "string_acc", ax)
-    ax.set_xscale("log")
-    ax.set(
-        xlabel="training examples seen (log scale)",
-        ylabel="held-out string accuracy (%)",
-        ylim=(-3, 103),
-        title="copy: accuracy vs examples seen (mean ± sd over seeds)",
-    )
-    ax.legend(fontsize=8)
+    settings = sorted(curves["max_len"].unique())
+    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.2), squeeze=False)
+    for ax, max_len in zip(axes[0], settings):
+        part = curves[curves["max_len"] == max_len]
+        _lineplot(part.assign(string_acc=part["string_acc"] * 100), "examples_seen", "string_acc", ax)
+        ax.set_xscale("log")
+        ax.set(
+            xlabel="training examples seen (log scale)",
+            ylabel="held-out string accuracy (%)",
+            ylim=(-3, 103),
+            title=f"strings of 1-{max_len} letters",
+        )
+        ax.legend(fontsize=8)
+    fig.suptitle("copy: accuracy vs examples seen (mean ± sd over seeds)")
     fig.tight_layout()
     return fig
 
@@ -209,17 +227,19 @@ def sample_efficiency_notes(summary: pd.DataFrame) -> str:
         "over the seeds that reached it, and n counts them (a model missing from a row never got there "
         "within `examples_budget`)."
     ]
-    reached = summary.dropna(subset=["examples_to_90_mean"])
-    if len(reached):
-        best = reached.loc[reached["examples_to_90_mean"].idxmin()]
-        lines.append(f"Fastest to 90%: {best['model']} ({best['examples_to_90_mean']:,.0f} examples).")
-        for _, row in reached.iterrows():
-            if row["model"] != best["model"]:
-                ratio = row["examples_to_90_mean"] / best["examples_to_90_mean"]
-                lines.append(f"- {row['model']}: {ratio:.1f}x as many examples.")
-    never = summary.loc[summary["examples_to_90_mean"].isna(), "model"].tolist()
-    if never:
-        lines.append(f"Never reached 90% within the budget, in any seed: {', '.join(never)}.")
+    for max_len, part in summary.groupby("max_len", sort=False):
+        lines.append(f"\nStrings of 1-{max_len} letters:")
+        reached = part.dropna(subset=["examples_to_90_mean"])
+        if len(reached):
+            best = reached.loc[reached["examples_to_90_mean"].idxmin()]
+            lines.append(f"- fastest to 90%: {best['model']} ({best['examples_to_90_mean']:,.0f} examples)")
+            for _, row in reached.iterrows():
+                if row["model"] != best["model"]:
+                    ratio = row["examples_to_90_mean"] / best["examples_to_90_mean"]
+                    lines.append(f"- {row['model']}: {ratio:.1f}x as many examples")
+        never = part.loc[part["examples_to_90_mean"].isna(), "model"].tolist()
+        if never:
+            lines.append(f"- never reached 90% within the budget, in any seed: {', '.join(never)}")
     return "\n".join(lines)
 
 
@@ -237,8 +257,6 @@ def length_generalization_grid(scale_name: str) -> list[RunSpec]:
     for label in [*(f"transformer {p}" for p in POSITIONAL), "mamba"]:
         family, _, positional = label.partition(" ")
         extra = {"positional": positional} if positional else {}
-        if family == "mamba":
-            extra = {"n_ctx": None}
         for seed in scale.seeds:
             columns = {"train_max_len": scale.max_len}
             runs.append(
@@ -344,18 +362,21 @@ def lookup_notes(summary: pd.DataFrame) -> str:
 def capacity_grid(scale_name: str) -> list[RunSpec]:
     scale = SCALES[scale_name]
     d_states = {"smoke": (2, 4), "demo": (2, 8), "cpu": (2, 8, 32), "gpu": (4, 16, 64, 256)}[scale_name]
-    lengths = sorted({1, scale.max_len // 4, scale.max_len // 2, scale.max_len, 2 * scale.max_len} - {0})
-    task = copy_task(scale, max_len=2 * scale.max_len)  # strings long enough to pass the smaller states
+    # strings longer than the other experiments' (the smaller states should run out), narrower models
+    # (d_model 64) so that 3 state sizes x 3 seeds fit the CPU budget; `converged` checks the training length
+    max_len = {"smoke": 4, "demo": 12, "cpu": 16, "gpu": 100}[scale_name]
+    width = {"cpu": {"d_model": 64}}.get(scale_name, {})
+    lengths = sorted({2, max_len // 4, max_len // 2, 3 * max_len // 4, max_len} - {0, 1})
+    task = copy_task(scale, max_len=max_len)
     features = 32 if scale_name == "smoke" else 256
     evals = [
         EvalSpec(kind="saturation", lengths=lengths, examples=8 * scale.eval_examples, max_features=features)
     ]
-    # longer than the other experiments, so that the curves converge (see `converged`, in the report)
-    longer = {"steps": 3000} if scale_name == "cpu" else {}
     runs = []
     for d_state in d_states:
         for seed in scale.seeds:
             label = f"mamba d_state={d_state}"
+            columns = {"d_state": d_state}
             runs.append(
                 _run(
                     "capacity-vs-state",
@@ -365,14 +386,27 @@ def capacity_grid(scale_name: str) -> list[RunSpec]:
                     task,
                     seed,
                     evals,
-                    {"d_state": d_state},
-                    longer,
+                    columns,
+                    None,
+                    **width,
                     d_state=d_state,
                 )
             )
     for seed in scale.seeds:
-        columns = {"d_state": 0}
-        runs.append(_run("capacity-vs-state", scale_name, "lstm", "lstm", task, seed, evals, columns, longer))
+        runs.append(
+            _run(
+                "capacity-vs-state",
+                scale_name,
+                "lstm",
+                "lstm",
+                task,
+                seed,
+                evals,
+                {"d_state": 0},
+                None,
+                **width,
+            )
+        )
     return runs
 
 
@@ -454,7 +488,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             presets=_presets(sample_efficiency_grid, {}),
             table=sample_efficiency_table,
             figure=sample_efficiency_figure,
-            group_by=["model"],
+            group_by=["max_len", "model"],
             values=["examples_to_50", "examples_to_90", "final_string_acc", "examples_budget"],
             notes=sample_efficiency_notes,
         ),

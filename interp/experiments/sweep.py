@@ -9,9 +9,12 @@ Each run is a separate process, so runs never share torch's thread pool or memor
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import socket
+import threading
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -97,21 +100,39 @@ def _local_executor(workers: int | None) -> Submit:
         pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
         futures = {pool.submit(execute_run_safely, s.to_dict(), root, 1): s for s in todo}
         try:
-            pending = set(futures)
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    on_done(futures[fut], _outcome(fut.result))
+            with _sigterm_as_interrupt():
+                pending = set(futures)
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        on_done(futures[fut], _outcome(fut.result))
         except BaseException:
+            # runs in flight keep their last checkpoint; shutdown() forgets the workers, so list them first
+            in_flight = list((pool._processes or {}).values())
             pool.shutdown(wait=False, cancel_futures=True)
-            for proc in list(
-                getattr(pool, "_processes", {}).values()
-            ):  # runs in flight keep their checkpoint
+            for proc in in_flight:
                 proc.terminate()
             raise
         pool.shutdown()
 
     return submit
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """`kill` (SIGTERM) of the sweep stops its workers too, as Ctrl-C does, instead of orphaning them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _outcome(get: Callable[[], dict]) -> dict:
