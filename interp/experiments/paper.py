@@ -247,31 +247,38 @@ def sample_efficiency_notes(summary: pd.DataFrame) -> str:
 
 
 def length_generalization_grid(scale_name: str) -> list[RunSpec]:
+    """The sample-efficiency models (the same runs), evaluated greedily at 1x..8x their longest string."""
     scale = SCALES[scale_name]
-    factors = (1, 2, 4, 8) if scale_name != "gpu" else (1, 2, 4, 8, 20)
-    lengths = [scale.max_len * f for f in factors]
-    if scale_name == "smoke":
-        lengths = [scale.max_len, 2 * scale.max_len]
-    evals = [EvalSpec(lengths=lengths, mode="greedy", examples=scale.eval_examples)]
+    settings = [(scale.max_len, [*(f"transformer {p}" for p in POSITIONAL), "mamba"], {})]
+    if scale.long_strings:
+        long_len, long_steps = scale.long_strings
+        settings.append((long_len, [m for m in LONG_STRING_MODELS if m != "lstm"], {"steps": long_steps}))
     runs = []
-    for label in [*(f"transformer {p}" for p in POSITIONAL), "mamba"]:
-        family, _, positional = label.partition(" ")
-        extra = {"positional": positional} if positional else {}
-        for seed in scale.seeds:
-            columns = {"train_max_len": scale.max_len}
-            runs.append(
-                _run(
-                    "length-generalization",
-                    scale_name,
-                    label,
-                    family,
-                    copy_task(scale),
-                    seed,
-                    evals,
-                    columns,
-                    **extra,
+    for max_len, models, train in settings:
+        factors = {"smoke": (1, 2), "gpu": (1, 2, 4, 8, 20)}.get(scale_name, (1, 2, 4, 8))
+        evals = [
+            EvalSpec(lengths=[max_len * f for f in factors], mode="greedy", examples=scale.eval_examples)
+        ]
+        for label in models:
+            family, _, positional = label.partition(" ")
+            extra = {"positional": positional} if positional else {}
+            for seed in scale.seeds:
+                task = copy_task(scale, max_len=max_len)
+                columns = {"train_max_len": max_len}
+                runs.append(
+                    _run(
+                        "length-generalization",
+                        scale_name,
+                        label,
+                        family,
+                        task,
+                        seed,
+                        evals,
+                        columns,
+                        train,
+                        **extra,
+                    )
                 )
-            )
     return runs
 
 
@@ -283,26 +290,39 @@ def length_table(records: list[dict]) -> pd.DataFrame:
 
 def length_figure(records: list[dict]) -> Figure:
     df = length_table(records)
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    _lineplot(df.assign(string_acc=df["string_acc"] * 100), "length", "string_acc", ax)
-    ax.set_xscale("log", base=2)
-    ax.axvline(df["train_max_len"].iloc[0], color="grey", linestyle=":", label="longest training string")
-    ax.set(
-        xlabel="string length (characters, log scale)",
-        ylabel="greedy string accuracy (%)",
-        ylim=(-3, 103),
-        title="copy: length generalisation (mean ± sd over seeds)",
-    )
-    ax.legend(fontsize=8)
+    settings = sorted(df["train_max_len"].unique())
+    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.2), squeeze=False)
+    for ax, max_len in zip(axes[0], settings):
+        part = df[df["train_max_len"] == max_len]
+        _lineplot(part.assign(string_acc=part["string_acc"] * 100), "length", "string_acc", ax)
+        ax.set_xscale("log", base=2)
+        ax.axvline(max_len, color="grey", linestyle=":", label="longest training string")
+        ax.set(
+            xlabel="string length (characters, log scale)",
+            ylabel="greedy string accuracy (%)",
+            ylim=(-3, 103),
+            title=f"trained on strings of 1-{max_len} letters",
+        )
+        ax.legend(fontsize=8)
+    fig.suptitle("copy: length generalisation (mean ± sd over seeds)")
     fig.tight_layout()
     return fig
 
 
 def length_notes(summary: pd.DataFrame) -> str:
-    longest = summary["length"].max()
-    at = summary[summary["length"] == longest].sort_values("string_acc_mean", ascending=False)
-    cells = ", ".join(f"{r['model']} {100 * r['string_acc_mean']:.1f}%" for _, r in at.iterrows())
-    return f"Greedy string accuracy at the longest length ({longest}): {cells}."
+    lines = ["Greedy string accuracy at 2x and at the longest length, per training length:"]
+    for max_len, part in summary.groupby("train_max_len", sort=False):
+        cells = []
+        for model, rows in part.groupby("model", sort=False):
+            acc = rows.set_index("length")["string_acc_mean"]
+            cells.append(
+                f"{model} {100 * acc.get(2 * max_len, float('nan')):.1f}% / {100 * acc.iloc[-1]:.1f}%"
+            )
+        lines.append(
+            f"- trained on 1-{max_len} (2x = {2 * max_len}, longest {part['length'].max()}): "
+            + ", ".join(cells)
+        )
+    return "\n".join(lines)
 
 
 # ---- 3. lookup ------------------------------------------------------------------------------------
@@ -501,7 +521,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             presets=_presets(length_generalization_grid, {}),
             table=length_table,
             figure=length_figure,
-            group_by=["model", "length"],
+            group_by=["train_max_len", "model", "length"],
             values=["string_acc", "char_acc"],
             notes=length_notes,
         ),
