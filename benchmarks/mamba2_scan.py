@@ -1,0 +1,214 @@
+"""Training-step speed and memory of interp's HookedMamba2 against Hugging Face Mamba2ForCausalLM on CPU.
+
+One training step = forward + next-token cross-entropy + backward, on the same weights (the Hugging
+Face model is built from a seed and HookedMamba2 loads its state dict) and the same tokens:
+
+    interp      HookedMamba2, chunked SSD scan (interp/models/ssd.py), chunk 64 unless --chunk-size
+    hf          Mamba2ForCausalLM's pure-PyTorch path (`torch_forward`'s SSD chunked form, chunk_size
+                --hf-chunk-size, its default 256); mamba-ssm / causal-conv1d are not installed on CPU
+
+Each (implementation, length) runs in a fresh subprocess so the memory numbers do not mix. Memory:
+peak resident set size during the measured steps minus the RSS just before the first one, in MiB
+(activations kept for backward, gradients, temporaries, allocator slack). Throughput: tokens per
+second of the best timed step after a warm-up step. The first-step losses are printed: they agree,
+which shows both run the same computation.
+
+    python -m benchmarks.mamba2_scan                       # lengths 128 256 512 1024, batch 8
+    python -m benchmarks.mamba2_scan --lengths 256 --threads 1 --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+IMPLS = ("interp", "hf")
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (this benchmark measures memory on Linux)")
+
+
+def worker(args: argparse.Namespace) -> dict:
+    """Runs in a subprocess: build one implementation, time `steps` training steps at one length."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import torch
+    import torch.nn.functional as F
+    from transformers import Mamba2Config, Mamba2ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    heads = args.expand * args.d_model // args.head_dim
+    hf_cfg = Mamba2Config(
+        vocab_size=args.vocab,
+        hidden_size=args.d_model,
+        num_hidden_layers=args.n_layers,
+        state_size=args.d_state,
+        expand=args.expand,
+        head_dim=args.head_dim,
+        num_heads=heads,
+        n_groups=args.n_groups,
+        chunk_size=args.hf_chunk_size,
+        use_cache=False,
+    )
+    hf = Mamba2ForCausalLM(hf_cfg)
+    if args.impl == "interp":
+        from interp.models.hf.mamba2 import load_hf_mamba2
+
+        model = load_hf_mamba2(hf, chunk_size=args.chunk_size)
+        del hf
+        forward = model
+    else:
+        model = hf
+        forward = lambda tokens: hf(tokens).logits
+    model.train()
+    tokens = torch.randint(
+        0, args.vocab, (args.batch, args.length), generator=torch.Generator().manual_seed(1)
+    )
+
+    def step(tokens) -> float:
+        logits = forward(tokens)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), tokens[:, 1:].flatten())
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        return float(loss)
+
+    step(tokens[:, :16])  # fault in library code and thread pools before taking the RSS baseline
+    base = rss_mib()
+    times, losses = [], []
+    deadline = time.perf_counter() + args.budget
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        losses.append(step(tokens))
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() > deadline:
+            break
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    timed = times[1:] if len(times) > 1 else times
+    return {
+        "tok_s": args.batch * args.length / min(timed),
+        "median_s": statistics.median(timed),
+        "steps": len(times),
+        "peak_mib": peak - base,
+        "loss": losses[0],
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_one(impl: str, length: int, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--impl", impl, "--length", str(length)]
+    cmd += ["--steps", str(args.repeats + 1), "--budget", str(args.budget)]
+    names = ("batch", "d_model", "n_layers", "d_state", "expand", "head_dim", "n_groups", "vocab", "threads")
+    for name in (*names, "hf_chunk_size"):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    if args.chunk_size:
+        cmd += ["--chunk-size", str(args.chunk_size)]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        return {"error": lines[-1] if lines else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def busy_cpus() -> float:
+    from benchmarks.common import busy_cpus as busy
+
+    return busy()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--lengths", type=int, nargs="+", default=[128, 256, 512, 1024], help="sequence lengths"
+    )
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--n-layers", type=int, default=2)
+    parser.add_argument("--d-state", type=int, default=128)  # mamba-ssm's Mamba2 default
+    parser.add_argument("--expand", type=int, default=2)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--n-groups", type=int, default=1)
+    parser.add_argument("--vocab", type=int, default=32)
+    parser.add_argument(
+        "--chunk-size", type=int, default=None, help="interp's SSD chunk (default ssd.DEFAULT_CHUNK)"
+    )
+    parser.add_argument(
+        "--hf-chunk-size", type=int, default=256, help="Hugging Face's chunk_size (its default)"
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps after the warm-up step")
+    parser.add_argument("--budget", type=float, default=30.0, help="seconds of steps per run before stopping")
+    parser.add_argument("--quick", action="store_true", help="tiny settings for a smoke test")
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    # worker mode (internal)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument("--length", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--steps", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    if args.quick:
+        args.lengths, args.batch, args.d_model, args.d_state, args.head_dim = [64], 2, 32, 16, 16
+        args.repeats, args.hf_chunk_size = 1, 32
+
+    print(
+        f"HookedMamba2 vs Hugging Face Mamba2ForCausalLM, CPU training step (forward + backward): "
+        f"d_model {args.d_model}, {args.n_layers} layers, d_state {args.d_state}, head_dim {args.head_dim}, "
+        f"n_groups {args.n_groups}, batch {args.batch}, threads {args.threads or 'default'}; "
+        f"CPUs busy with other work at start: {busy_cpus():.1f} of {os.cpu_count()}"
+    )
+    rows = []
+    for length in args.lengths:
+        res = {impl: run_one(impl, length, args) for impl in args.impls}
+        rows.append((length, res))
+        print(f"  length {length}: " + ", ".join(f"{k}: {_fmt_short(v)}" for k, v in res.items()), flush=True)
+
+    def cell(r, key, fmt):
+        return fmt.format(r[key]) if key in r else "-"
+
+    print()
+    print("| length | interp tok/s | hf tok/s | interp / hf | interp MiB | hf MiB | first-step loss |")
+    print("|---|---|---|---|---|---|---|")
+    for length, res in rows:
+        a, b = res.get("interp", {}), res.get("hf", {})
+        ratio = f"{a['tok_s'] / b['tok_s']:.1f}x" if "tok_s" in a and "tok_s" in b else "-"
+        losses = " / ".join(sorted({f"{r['loss']:.5f}" for r in res.values() if "loss" in r}))
+        print(
+            f"| {length} | {cell(a, 'tok_s', '{:,.0f}')} | {cell(b, 'tok_s', '{:,.0f}')} | {ratio} | "
+            f"{cell(a, 'peak_mib', '{:,.0f}')} | {cell(b, 'peak_mib', '{:,.0f}')} | {losses} |"
+        )
+    for length, res in rows:
+        for impl, r in res.items():
+            if "error" in r:
+                print(f"note: {impl} at {length}: {r['error']}")
+    print("MiB = peak RSS increase over one process's measured steps (fresh process per cell).")
+
+
+def _fmt_short(r: dict) -> str:
+    if "error" in r:
+        return r["error"]
+    return f"{r['tok_s']:,.0f} tok/s, {r['peak_mib']:,.0f} MiB ({r['steps']} steps)"
+
+
+if __name__ == "__main__":
+    main()
