@@ -65,7 +65,8 @@ def run_demo(
         raise RuntimeError(f"demo runs failed: {errors}")
     experiment = get_experiment("sample-efficiency")
     command = "interp demo" + (f" --steps {steps}" if steps is not None else "")
-    report = write_report(experiment, "demo", sweep.records, out, out, command, time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    report = write_report(experiment, "demo", sweep.records, out, out, command, sweep, wall)
     curves = report.summary.set_index("model")
     final = records_to_frame(sweep.records).pivot(index="model", columns="length", values="string_acc")
     lines = [

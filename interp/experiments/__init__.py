@@ -52,7 +52,7 @@ def reproduce(
         return sweep, None
     command = command or f"interp reproduce {name} --scale {scale}"
     wall = time.perf_counter() - t0
-    report = write_report(experiment, scale, sweep.records, root / name, report_dir, command, wall)
+    report = write_report(experiment, scale, sweep.records, root / name, report_dir, command, sweep, wall)
     return sweep, report
 
 
