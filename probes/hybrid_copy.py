@@ -65,7 +65,7 @@ def train(model, task: TaskConfig, steps: int, batch_size: int, lr: float, seed:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-    return float(loss)
+    return loss.item()
 
 
 @torch.no_grad()
