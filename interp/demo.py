@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from interp.experiments import get_experiment, run_sweep
-from interp.experiments.paper import SCALES, sample_efficiency_grid
+from interp.experiments.common import SCALES
+from interp.experiments.copying import sample_efficiency_grid
 from interp.experiments.report import write_report
 from interp.experiments.spec import records_to_frame
 from interp.training import TrainConfig

@@ -13,7 +13,8 @@ import pytest
 
 from interp.cli import main
 from interp.experiments import EXPERIMENTS, RunSpec, execute_run, get_experiment, reproduce, run_sweep
-from interp.experiments.paper import converged, sample_efficiency_table
+from interp.experiments.capacity import converged
+from interp.experiments.copying import sample_efficiency_table
 from interp.experiments.runner import TRAINED
 from interp.experiments.spec import EvalSpec, summarize
 from interp.experiments.sweep import connect_ray, import_ray
@@ -208,8 +209,8 @@ def test_examples_to_accuracy_and_convergence_read_the_learning_curve():
     curve = [(100, 0.1), (200, 0.6), (300, 0.95), (400, 0.93)]
     metrics = [{"examples_seen": e, "string_acc": a, "step": i} for i, (e, a) in enumerate(curve)]
     never = [{"examples_seen": e, "string_acc": 0.0, "step": i} for i, (e, _) in enumerate(curve)]
-    records = [{"spec": {"label": "m", "seed": 0, "columns": {}}, "metrics": metrics},
-               {"spec": {"label": "n", "seed": 0, "columns": {}}, "metrics": never}]  # fmt: skip
+    records = [{"spec": {"label": "m", "seed": 0, "columns": {"max_len": 4}}, "metrics": metrics},
+               {"spec": {"label": "n", "seed": 0, "columns": {"max_len": 4}}, "metrics": never}]  # fmt: skip
     t = sample_efficiency_table(records).set_index("model")
     assert t.loc["m", "examples_to_50"] == 200 and t.loc["m", "examples_to_90"] == 300
     assert math.isnan(t.loc["n", "examples_to_90"]) and t.loc["n", "examples_budget"] == 400
@@ -262,7 +263,9 @@ def test_demo_trains_three_families_and_writes_the_sample_efficiency_report(tmp_
     assert sorted(table["model"]) == ["lstm", "mamba", "transformer rope"]
     assert (table["examples_budget"] == 20 * 32).all()  # 20 steps of 32 examples
     assert main(["demo", "--archs", "gru", "--out", str(tmp_path)]) == 2
-    assert "unknown demo architecture(s) ['gru']; allowed: transformer, mamba, lstm" in capsys.readouterr().err
+    assert (
+        "unknown demo architecture(s) ['gru']; allowed: transformer, mamba, lstm" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize("scale", ["smoke", "demo", "cpu", "gpu"])

@@ -11,7 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from interp.experiments.paper import EXPERIMENTS, SCALES, get_experiment, with_seeds
+from interp.experiments.common import SCALES
+from interp.experiments.paper import EXPERIMENTS, get_experiment, with_seeds
 from interp.experiments.report import Report, write_report
 from interp.experiments.runner import execute_run
 from interp.experiments.spec import EvalSpec, Experiment, Preset, RunSpec

@@ -6,7 +6,8 @@ import argparse
 import shlex
 import sys
 
-from interp.experiments.paper import EXPERIMENTS, SCALES
+from interp.experiments.common import SCALES
+from interp.experiments.paper import EXPERIMENTS
 from interp.experiments.sweep import EXECUTORS
 from interp.utils import parse_int_list
 

@@ -1,0 +1,198 @@
+"""Copying experiments: sample efficiency (accuracy vs examples seen) and length generalisation.
+
+Both train the same copy models (the same runs, shared), on strings of 1..max_len and, where the preset
+has it, on longer strings; sample efficiency reads their learning curves, length generalisation
+evaluates them greedily at 1x..8x the longest training string.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import pandas as pd
+from matplotlib.figure import Figure
+
+from interp.experiments.common import (
+    LONG_STRING_MODELS,
+    POSITIONAL,
+    SCALES,
+    copy_task,
+    run_spec,
+    seed_lineplot,
+)
+from interp.experiments.spec import EvalSpec, RunSpec, metrics_frame, records_to_frame
+
+
+def sample_efficiency_grid(scale_name: str, families=None) -> list[RunSpec]:
+    """Every model on strings of 1..max_len, and (where the preset has it) four on longer strings."""
+    scale = SCALES[scale_name]
+    settings = [(scale.max_len, families or [*(f"transformer {p}" for p in POSITIONAL), "mamba", "lstm"], {})]
+    if scale.long_strings and families is None:
+        long_len, long_steps = scale.long_strings
+        settings.append((long_len, LONG_STRING_MODELS, {"steps": long_steps}))
+    runs = []
+    for max_len, models, train in settings:
+        final = EvalSpec(lengths=sorted({2, max_len // 2, max_len}), examples=scale.eval_examples)
+        for label in models:
+            family, _, positional = label.partition(" ")
+            extra = {"positional": positional} if positional else {}
+            for seed in scale.seeds:
+                task = copy_task(scale, max_len=max_len)
+                columns = {"max_len": max_len}
+                runs.append(
+                    run_spec(
+                        "sample-efficiency",
+                        scale_name,
+                        label,
+                        family,
+                        task,
+                        seed,
+                        [final],
+                        columns,
+                        train,
+                        **extra,
+                    )
+                )
+    return runs
+
+
+def sample_efficiency_table(records: list[dict]) -> pd.DataFrame:
+    """Per run: examples seen until the held-out string accuracy first reached 50% and 90%, and the end."""
+    curves = metrics_frame(records)
+    rows = []
+    for (max_len, model, seed), run in curves.groupby(["max_len", "model", "seed"], sort=False):
+        run = run.sort_values("examples_seen")
+        row = {"max_len": max_len, "model": model, "seed": seed}
+        row["final_string_acc"] = float(run["string_acc"].iloc[-1])
+        for level in (50, 90):
+            hit = run.loc[run["string_acc"] >= level / 100, "examples_seen"]
+            row[f"examples_to_{level}"] = float(hit.iloc[0]) if len(hit) else math.nan
+        row["examples_budget"] = float(run["examples_seen"].iloc[-1])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sample_efficiency_figure(records: list[dict]) -> Figure:
+    curves = metrics_frame(records)
+    settings = sorted(curves["max_len"].unique())
+    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.2), squeeze=False)
+    for ax, max_len in zip(axes[0], settings):
+        part = curves[curves["max_len"] == max_len]
+        seed_lineplot(part.assign(string_acc=part["string_acc"] * 100), "examples_seen", "string_acc", ax)
+        ax.set_xscale("log")
+        ax.set(
+            xlabel="training examples seen (log scale)",
+            ylabel="held-out string accuracy (%)",
+            ylim=(-3, 103),
+            title=f"strings of 1-{max_len} letters",
+        )
+        ax.legend(fontsize=8)
+    fig.suptitle("copy: accuracy vs examples seen (mean ± sd over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def sample_efficiency_notes(summary: pd.DataFrame) -> str:
+    lines = [
+        "`examples_to_90`: training examples seen when the held-out string accuracy (teacher-forced, strings "
+        "of the training distribution, evaluated every `eval_every` steps) first reached 90%; the mean is "
+        "over the seeds that reached it, and n counts them (a model missing from a row never got there "
+        "within `examples_budget`)."
+    ]
+    for max_len, part in summary.groupby("max_len", sort=False):
+        lines.append(f"\nStrings of 1-{max_len} letters:")
+        reached = part.dropna(subset=["examples_to_90_mean"])
+        if len(reached):
+            best = reached.loc[reached["examples_to_90_mean"].idxmin()]
+            lines.append(f"- fastest to 90%: {best['model']} ({best['examples_to_90_mean']:,.0f} examples)")
+            for _, row in reached.iterrows():
+                if row["model"] != best["model"]:
+                    ratio = row["examples_to_90_mean"] / best["examples_to_90_mean"]
+                    lines.append(f"- {row['model']}: {ratio:.1f}x as many examples")
+        never = part.loc[part["examples_to_90_mean"].isna(), "model"].tolist()
+        if never:
+            lines.append(f"- never reached 90% within the budget, in any seed: {', '.join(never)}")
+    return "\n".join(lines)
+
+
+# ---- 2. length generalisation ---------------------------------------------------------------------
+
+
+def length_generalization_grid(scale_name: str) -> list[RunSpec]:
+    """The sample-efficiency models (the same runs), evaluated greedily at 1x..8x their longest string."""
+    scale = SCALES[scale_name]
+    settings = [(scale.max_len, [*(f"transformer {p}" for p in POSITIONAL), "mamba"], {})]
+    if scale.long_strings:
+        long_len, long_steps = scale.long_strings
+        settings.append((long_len, [m for m in LONG_STRING_MODELS if m != "lstm"], {"steps": long_steps}))
+    runs = []
+    for max_len, models, train in settings:
+        factors = {"smoke": (1, 2), "gpu": (1, 2, 4, 8, 20)}.get(scale_name, (1, 2, 4, 8))
+        evals = [
+            EvalSpec(lengths=[max_len * f for f in factors], mode="greedy", examples=scale.eval_examples)
+        ]
+        for label in models:
+            family, _, positional = label.partition(" ")
+            extra = {"positional": positional} if positional else {}
+            for seed in scale.seeds:
+                task = copy_task(scale, max_len=max_len)
+                columns = {"train_max_len": max_len}
+                runs.append(
+                    run_spec(
+                        "length-generalization",
+                        scale_name,
+                        label,
+                        family,
+                        task,
+                        seed,
+                        evals,
+                        columns,
+                        train,
+                        **extra,
+                    )
+                )
+    return runs
+
+
+def length_table(records: list[dict]) -> pd.DataFrame:
+    df = records_to_frame(records)
+    df["length_factor"] = df["length"] / df["train_max_len"]
+    return df
+
+
+def length_figure(records: list[dict]) -> Figure:
+    df = length_table(records)
+    settings = sorted(df["train_max_len"].unique())
+    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.2), squeeze=False)
+    for ax, max_len in zip(axes[0], settings):
+        part = df[df["train_max_len"] == max_len]
+        seed_lineplot(part.assign(string_acc=part["string_acc"] * 100), "length", "string_acc", ax)
+        ax.set_xscale("log", base=2)
+        ax.axvline(max_len, color="grey", linestyle=":", label="longest training string")
+        ax.set(
+            xlabel="string length (characters, log scale)",
+            ylabel="greedy string accuracy (%)",
+            ylim=(-3, 103),
+            title=f"trained on strings of 1-{max_len} letters",
+        )
+        ax.legend(fontsize=8)
+    fig.suptitle("copy: length generalisation (mean ± sd over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def length_notes(summary: pd.DataFrame) -> str:
+    lines = ["Greedy string accuracy at 2x and at the longest length, per training length:"]
+    for max_len, part in summary.groupby("train_max_len", sort=False):
+        cells = []
+        for model, rows in part.groupby("model", sort=False):
+            acc = rows.set_index("length")["string_acc_mean"]
+            cells.append(
+                f"{model} {100 * acc.get(2 * max_len, float('nan')):.1f}% / {100 * acc.iloc[-1]:.1f}%"
+            )
+        lines.append(
+            f"- trained on 1-{max_len} (2x = {2 * max_len}, longest {part['length'].max()}): "
+            + ", ".join(cells)
+        )
+    return "\n".join(lines)
