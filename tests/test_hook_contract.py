@@ -156,6 +156,11 @@ def test_bridge_mamba_same_numbers_where_the_hooks_agree(mamba_pair):
             atol=ATOL,
             rtol=0,
         )
+    theirs = probe_lags(bridge, batch.tokens, "blocks.1.hook_resid_post", read, max_lag=2)
+    mine = probe_lags(ours, batch.tokens, "blocks.1.hook_resid_post", read, max_lag=2)
+    torch.testing.assert_close(
+        torch.tensor(theirs["accuracy"].values), torch.tensor(mine["accuracy"].values), atol=ATOL, rtol=0
+    )
     assert (
         default_state_hooks(bridge)
         == default_state_hooks(ours)

@@ -22,12 +22,13 @@ A patch is described as data, `PatchSpec(hook, pos=None, head=None, channels=Non
 and patches a different component in each copy (`method="batched"`); `method="loop"` is the plain
 reference with one forward per patch. Both give the same numbers (tested to 1e-5).
 
-Hook layouts (which axis is the position, the head, the channel) follow interp's hook tables:
-transformer `attn.hook_q|k|v|z` [B, P, H, Dh], `attn.hook_pattern` [B, H, Pq, Pk], residual-stream
-hooks [B, P, D]; Mamba `mixer.hook_ssm_state|hook_ssm_write` [B, D_inner, P, N], mixer hooks
-[B, P, D_inner]. In interp a patch of `hook_ssm_state` at position t is fed back into the recurrence:
-h_t is replaced, h_{t+1} is built from the patched h_t, and so on, so the patch changes the outputs at
-t and every later position (in TransformerLens's bridge it would change only the readout at t).
+Which axis of an activation is the position, the head or the channel comes from the hook's declared
+axes (`interp.hooks`: declared by interp's models, TransformerLens's standard names for a bridge or a
+user's `HookedRootModule`, `axes=` for anything else), so every engine runs on any model of the hook
+contract. What a patch changes can differ between implementations of one hook: in interp a patch of
+`hook_ssm_state` at position t is fed back into the recurrence (h_{t+1} is built from the patched h_t, so
+the outputs at t and every later position change); in TransformerLens's bridge it changes only the
+readout at t. Every result records which in `df.attrs["patch_semantics"]`.
 
 `attribution_patching` approximates every patch at once from one forward and one backward pass
 (gradient of the metric times the activation difference, Nanda 2023); `path_patching` measures the
