@@ -21,7 +21,15 @@ from transformer_lens.hook_points import HookPoint
 
 import interp
 from interp.analysis.heads import head_scores
-from interp.analysis.patching import Metric, PatchSpec, activation_patching, patch_grid, patch_specs
+from interp.analysis.patching import (
+    Metric,
+    PatchSpec,
+    activation_patching,
+    attribution_patching,
+    patch_grid,
+    patch_specs,
+    path_patching,
+)
 from interp.analysis.probing import gather_activations, probe_lags
 from interp.analysis.saturation import default_state_hooks
 from interp.hooks import (
@@ -109,6 +117,23 @@ def test_bridge_pythia_same_patch_grid_over_heads(pythia_pair):
     assert len(mine) == 2 * 4 and mine["effect"].abs().max() > 0.01  # a real signal, not all zeros
     assert_frames_close(theirs, mine)
     assert theirs.attrs["clean_metric"] == pytest.approx(mine.attrs["clean_metric"], abs=ATOL)
+
+
+def test_bridge_pythia_same_attribution_and_path_patching(pythia_pair):
+    """The bridge's `attn.hook_z` is an alias of another hook point: results are keyed by the name asked for."""
+    bridge, ours = pythia_pair
+    clean, corrupt = pair_tokens()
+    metric = logit_diff(clean, corrupt)
+    specs = patch_specs(ours, "z", heads=True)
+    assert_frames_close(
+        attribution_patching(bridge, clean, corrupt, metric, specs),
+        attribution_patching(ours, clean, corrupt, metric, specs),
+    )
+    theirs, mine = path_patching(bridge, clean, corrupt, metric), path_patching(ours, clean, corrupt, metric)
+    assert len(mine) == 8 + 4 * 4 * 3 and mine["effect"].abs().max() > 0.01
+    torch.testing.assert_close(
+        torch.tensor(theirs["metric"].values), torch.tensor(mine["metric"].values), atol=ATOL, rtol=0
+    )
 
 
 def test_bridge_pythia_same_probes_and_head_scores(pythia_pair):

@@ -41,17 +41,21 @@ def attribution_patching(
         check_hook_name(model, name)
     acts: dict[str, Tensor] = {}
 
-    def keep(act: Tensor, hook) -> Tensor:
-        if hook.name in grad_hook.values():
-            if not act.requires_grad:  # frozen parameters: make the activation a leaf to differentiate
-                act = act.detach().requires_grad_(True)
-            act.retain_grad()
-        acts[hook.name] = act
-        return act
+    # keyed by the name asked for, not `hook.name`: a bridge's alias (`attn.hook_z`) names another point
+    def keep(name: str) -> Callable:
+        def hook_fn(act: Tensor, hook) -> Tensor:
+            if name in grad_hook.values():
+                if not act.requires_grad:  # frozen parameters: make the activation a leaf to differentiate
+                    act = act.detach().requires_grad_(True)
+                act.retain_grad()
+            acts[name] = act
+            return act
+
+        return hook_fn
 
     names = sorted(set(hooks) | set(grad_hook.values()))
     with torch.enable_grad():
-        logits = model.run_with_hooks(run.base, fwd_hooks=[(n, keep) for n in names])
+        logits = model.run_with_hooks(run.base, fwd_hooks=[(n, keep(n)) for n in names])
         metric(logits).mean().backward()
     values = []
     for spec in specs:

@@ -83,7 +83,7 @@ def path_patching(
             frozen = _frozen_z_hook(sender_mask, source_cache.get(name), base_cache[name], k, b)
             fwd_hooks.append((name, frozen))
         store: dict[str, Tensor] = {}
-        fwd_hooks += [(name, _store_hook(store)) for name in rec_hooks]
+        fwd_hooks += [(name, _store_hook(store, name)) for name in rec_hooks]
         with torch.no_grad():
             logits = model.run_with_hooks(base.repeat(k, 1), fwd_hooks=fwd_hooks)
         direct.append(metric(logits).view(k, b).mean(1))
@@ -137,8 +137,10 @@ def _frozen_z_hook(sender_mask: Tensor, source: Tensor | None, base: Tensor, k: 
     return hook_fn
 
 
-def _store_hook(store: dict[str, Tensor]) -> Callable:
+def _store_hook(store: dict[str, Tensor], name: str) -> Callable:
+    """Record the activation under the name asked for (a bridge's alias hook has another `hook.name`)."""
+
     def hook_fn(act: Tensor, hook) -> None:
-        store[hook.name] = act.detach()
+        store[name] = act.detach()
 
     return hook_fn
