@@ -210,6 +210,12 @@ def test_bridge_mamba_state_patch_semantics_differ_and_are_recorded(mamba_pair):
     theirs = patch_grid(bridge, *args, positions=True, layers=[0])
     mine = patch_grid(ours, *args, positions=True, layers=[0])
     name = "blocks.0.mixer.hook_ssm_state"
+    # by channel group at the last scored position, where both semantics coincide; the bridge's cfg has no
+    # d_inner, so one forward measures the channel axis
+    groups = [patch_grid(m, *args, positions=[6], layers=[0], channel_groups=4) for m in (bridge, ours)]
+    assert len(groups[0]) == 4 and list(groups[0]["channels"]) == ["0:16", "16:32", "32:48", "48:64"]
+    assert_frames_close(*groups)
+    assert (groups[1]["metric"] - groups[1].attrs["corrupt_metric"]).abs().max() > 1e-5
     assert theirs.attrs["patch_semantics"] == {name: "readout"}
     assert mine.attrs["patch_semantics"] == {name: "recurrence"}
     last = len(mine) - 1

@@ -12,7 +12,15 @@ from torch import Tensor
 
 from interp.analysis.patching.metrics import Metric
 from interp.analysis.patching.spec import PatchSpec, patch_specs
-from interp.hooks import HookInfo, check_model, check_tokens, declare_axes, hook_info, run_and_cache
+from interp.hooks import (
+    HookInfo,
+    check_model,
+    check_tokens,
+    component_hook,
+    declare_axes,
+    hook_info,
+    run_and_cache,
+)
 from interp.tasks.pairs import check_pair
 
 MODES = ("denoise", "noise")
@@ -72,6 +80,13 @@ def patch_grid(
     position, Mamba state by position and channel group (`"ssm_state", positions=True, channel_groups=4`).
     component: a short name (`interp.hooks.components(model)`) or a template with `{layer}`."""
     declare_axes(model, axes)
+    n_channels = None
+    if channel_groups and not isinstance(getattr(model.cfg, "d_inner", None), int):  # e.g. a bridge's cfg
+        name = component_hook(model, component).format(layer=(list(layers) if layers else [0])[0])
+        info = hook_info(model, name)
+        if info.channel is not None:
+            with torch.no_grad():
+                n_channels = run_and_cache(model, clean_tokens[:1], [name])[1][name].shape[info.channel]
     specs = patch_specs(
         model,
         component,
@@ -80,6 +95,7 @@ def patch_grid(
         positions=positions,
         n_pos=clean_tokens.shape[1],
         channel_groups=channel_groups,
+        n_channels=n_channels,
     )
     return activation_patching(model, clean_tokens, corrupt_tokens, metric, specs, mode=mode, method=method)
 

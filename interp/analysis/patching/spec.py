@@ -86,6 +86,7 @@ def patch_specs(
     positions: bool | Sequence[int] = False,
     n_pos: int | None = None,
     channel_groups: int | None = None,
+    n_channels: int | None = None,
 ) -> list[PatchSpec]:
     """The grid of patches over layers (x heads) (x positions) (x channel groups) of one component.
 
@@ -113,7 +114,7 @@ def patch_specs(
     if channel_groups:
         if info.channel is None:
             raise ValueError(f"{template!r} has no channel axis; channel_groups needs a Mamba mixer hook")
-        d_inner = channel_count(model, template.format(layer=layers[0]), info)
+        d_inner = n_channels or channel_count(model, template.format(layer=layers[0]))
         if d_inner % channel_groups:
             raise ValueError(f"channel_groups={channel_groups} does not divide d_inner={d_inner}")
         size = d_inner // channel_groups
@@ -139,12 +140,12 @@ def _choose(value: bool | Sequence[int], n: int, what: str) -> list:
     return chosen
 
 
-def channel_count(model: Any, name: str, info: HookInfo) -> int:
-    """Length of the channel axis of hook `name` (Mamba's D_inner): cfg.d_inner, or one forward's worth."""
+def channel_count(model: Any, name: str) -> int:
+    """Length of the channel axis of hook `name` (Mamba's D_inner) from the config: cfg.d_inner."""
     d_inner = getattr(model.cfg, "d_inner", None)
     if isinstance(d_inner, int):
         return d_inner
     raise ValueError(
         f"channel_groups needs the length of {name!r}'s channel axis, but {type(model).__name__}.cfg has no "
-        "d_inner; give PatchSpec(..., channels=(start, stop)) explicitly"
+        "d_inner; pass n_channels= (patch_grid measures it from one forward)"
     )
