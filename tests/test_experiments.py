@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from interp.cli import main
 from interp.experiments import EXPERIMENTS, RunSpec, execute_run, get_experiment, reproduce, run_sweep
@@ -189,6 +190,9 @@ def test_unknown_experiment_executor_and_scale_list_the_allowed_ones(tmp_path, c
         run_sweep([tiny("lstm")], tmp_path, executor="slurm")
     assert main(["reproduce", "copying"]) == 2
     assert "unknown experiment 'copying'" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["reproduce", "lookup", "--scale", "gpu", "--out", str(tmp_path)]) == 2
+        assert "asks one GPU per run, but this machine has no CUDA GPU" in capsys.readouterr().err
 
 
 def test_list_names_every_experiment_and_preset(capsys):

@@ -30,7 +30,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
         "--address", help="Ray cluster address (auto, HOST:PORT or ray://HOST:PORT); default: start Ray here"
     )
     p.add_argument(
-        "--workers", type=int, help="runs at once (default: one per CPU core; Ray: the cluster decides)"
+        "--workers",
+        type=int,
+        help="runs at once (default: one per CPU core; with Ray started here: the CPUs it may use)",
     )
     p.add_argument("--seeds", help="comma-separated seeds instead of the preset's (e.g. 0,1,2,3,4)")
     p.add_argument(

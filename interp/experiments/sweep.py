@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+import torch
 from tqdm.auto import tqdm
 
 from interp.experiments.runner import execute_run_safely, read_result
@@ -82,6 +83,12 @@ def run_sweep(
 
     try:
         if todo:
+            if executor == "local" and gpu and not torch.cuda.is_available():
+                raise ValueError(
+                    "this preset trains ~150M-parameter models and asks one GPU per run, but this machine has "
+                    "no CUDA GPU; run it where there are GPUs (--executor ray --address HOST:PORT for a cluster) "
+                    "or use a smaller preset such as --scale cpu"
+                )
             submit = _ray_executor(address, workers, gpu) if executor == "ray" else _local_executor(workers)
             submit(todo, str(root), on_done)
     finally:
@@ -146,6 +153,11 @@ def _outcome(get: Callable[[], dict]) -> dict:
 def _ray_executor(address: str | None, workers: int | None, gpu: bool) -> Submit:
     ray = import_ray()
     connect_ray(ray, address, workers)
+    if gpu and not ray.cluster_resources().get("GPU", 0):
+        raise ValueError(
+            "this preset asks one GPU per run, and the Ray cluster has none (its runs would wait forever); "
+            "connect to a cluster with GPUs (--address) or use a smaller preset such as --scale cpu"
+        )
 
     def submit(todo: list[RunSpec], root: str, on_done) -> None:
         task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=0)(execute_run_safely)
