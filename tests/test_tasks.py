@@ -137,3 +137,15 @@ def test_string_longer_than_context_is_rejected(gen):
 def test_unique_ngrams_with_strings_shorter_than_the_ngram(gen):
     b = make_batch(TaskConfig(task="copy", min_len=1, max_len=2, unique_ngrams=True, ngram=3), 8, gen)
     assert b.lengths.max() <= 2 and b.score_mask.any(1).all()
+
+
+def test_first_error_counts_answer_tokens_before_the_first_mistake(gen):
+    from interp.tasks import TaskConfig, make_batch
+
+    batch = make_batch(TaskConfig(task="copy", n_letters=5, min_len=4, max_len=4), 3, gen)
+    preds = batch.targets.clone()
+    scored = [row.nonzero().flatten() for row in batch.score_mask]  # 5 answer tokens: 4 letters + "."
+    preds[1, scored[1][2]] = (preds[1, scored[1][2]] + 1) % 5  # wrong at the 3rd answer token
+    preds[2, scored[2][0]] = (preds[2, scored[2][0]] + 1) % 5  # wrong at the first
+    preds[2, scored[2][3]] = (preds[2, scored[2][3]] + 1) % 5
+    assert batch.first_error(preds).tolist() == [5, 2, 0]

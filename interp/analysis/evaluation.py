@@ -88,8 +88,9 @@ def evaluate(
 ) -> pd.DataFrame:
     """String and character accuracy at each length.
 
-    Returns one row per (length, mode): model, task, length, mode, string_acc, char_acc, n_examples
-    (accuracies in [0, 1]). Examples are drawn from `seed`, the same for every model, so models
+    Returns one row per (length, mode): model, task, length, mode, string_acc, char_acc, first_error
+    (mean number of answer tokens right before the first mistake), n_examples (accuracies in [0, 1]).
+    Examples are drawn from `seed`, the same for every model, so models
     compared on one table see identical strings.
     """
     bad = [m for m in modes if m not in MODES]
@@ -108,7 +109,7 @@ def evaluate(
     jobs = [(length, mode) for length in lengths for mode in modes]
     for length, mode in tqdm(jobs, disable=not progress, desc="eval"):
         gen = torch.Generator().manual_seed(seed + length)
-        strings, chars = [], []
+        strings, chars, firsts = [], [], []
         for start in range(0, n_examples, batch_size):
             n = min(batch_size, n_examples - start)
             batch = make_batch(unpacked, n, gen, length=length, max_tokens=max_tokens).to(device)
@@ -119,6 +120,7 @@ def evaluate(
             ok, char_acc = batch.score(preds)
             strings.append(ok.float().cpu())
             chars.append(char_acc.cpu())
+            firsts.append(batch.first_error(preds).float().cpu())
         rows.append(
             {
                 "model": name or model_label(model),
@@ -127,6 +129,7 @@ def evaluate(
                 "mode": mode,
                 "string_acc": float(torch.cat(strings).mean()),
                 "char_acc": float(torch.cat(chars).mean()),
+                "first_error": float(torch.cat(firsts).mean()),
                 "n_examples": n_examples,
             }
         )

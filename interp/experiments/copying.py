@@ -183,16 +183,23 @@ def length_figure(records: list[dict]) -> Figure:
 
 
 def length_notes(summary: pd.DataFrame) -> str:
-    lines = ["Greedy string accuracy at 2x and at the longest length, per training length:"]
+    lines = [
+        "`first_error`: answer characters copied right before the first mistake (mean over strings). "
+        "A model that copies the first L_train characters and then loses its place has first_error near "
+        "L_train; one that cannot find the start of a longer string has it near 0.",
+        "",
+        "Greedy string accuracy at 2x and at the longest length, and first_error at 2x, per training length:",
+    ]
     for max_len, part in summary.groupby("train_max_len", sort=False):
         cells = []
         for model, rows in part.groupby("model", sort=False):
-            acc = rows.set_index("length")["string_acc_mean"]
+            rows = rows.set_index("length")
+            at2 = rows.loc[2 * max_len] if 2 * max_len in rows.index else None
+            acc2 = f"{100 * at2['string_acc_mean']:.1f}%" if at2 is not None else "-"
+            first2 = f"{at2['first_error_mean']:.1f}" if at2 is not None else "-"
             cells.append(
-                f"{model} {100 * acc.get(2 * max_len, float('nan')):.1f}% / {100 * acc.iloc[-1]:.1f}%"
+                f"{model} {acc2} / {100 * rows['string_acc_mean'].iloc[-1]:.1f}% (first_error {first2})"
             )
-        lines.append(
-            f"- trained on 1-{max_len} (2x = {2 * max_len}, longest {part['length'].max()}): "
-            + ", ".join(cells)
-        )
+        longest = part["length"].max()
+        lines.append(f"- trained on 1-{max_len} (2x = {2 * max_len}, longest {longest}): " + "; ".join(cells))
     return "\n".join(lines)

@@ -50,7 +50,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             table=copying.length_table,
             figure=copying.length_figure,
             group_by=["train_max_len", "model", "length"],
-            values=["string_acc", "char_acc"],
+            values=["string_acc", "char_acc", "first_error"],
             notes=copying.length_notes,
         ),
         Experiment(

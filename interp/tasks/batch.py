@@ -81,6 +81,16 @@ class Batch:
         n_hit = hit.sum(1)
         return n_hit == self.score_mask.sum(1), n_hit.float() / n_scored
 
+    def first_error(self, predictions: Tensor) -> Tensor:
+        """[B] index (0-based, in scored tokens) of each example's first wrong prediction; the number of
+        scored tokens where all are right. Tells a model that stops after k characters from one that
+        never starts. predictions: [B, P] ids or [B, P, V] logits."""
+        if predictions.ndim == 3:
+            predictions = predictions.argmax(-1)
+        wrong = (predictions != self.targets) & self.score_mask
+        before = self.score_mask & (wrong.cumsum(1) == 0)  # scored positions before the first mistake
+        return before.sum(1)
+
     def text(self, i: int = 0) -> str:
         """Example `i` as text, e.g. `$abc|abc.`."""
         return self.vocab.decode(self.tokens[i])
