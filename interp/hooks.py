@@ -262,6 +262,31 @@ def has_hooks(model: Any, *names: str) -> bool:
     return True
 
 
+def hook_layers(model: Any, *templates: str) -> list[int]:
+    """The layers in which every one of `templates` (with `{layer}`) is a hook: all layers for a
+    transformer's `blocks.{layer}.attn.hook_pattern`, only the attention layers of a hybrid."""
+    return [
+        layer
+        for layer in range(getattr(model.cfg, "n_layers", 0))
+        if all(t.format(layer=layer) in model.hook_dict for t in templates)
+    ]
+
+
+def hook_owner_cfg(model: Any, name: str) -> Any:
+    """The `cfg` of the module a hook lives in, or of its closest ancestor that has one (a hybrid's
+    `blocks.2.mixer` has its layer's Mamba-2 config), else the model's."""
+    parts = name.split(".")[:-1]
+    while parts:
+        try:
+            cfg = getattr(model.get_submodule(".".join(parts)), "cfg", None)
+        except AttributeError:
+            cfg = None
+        if cfg is not None:
+            return cfg
+        parts.pop()
+    return model.cfg
+
+
 # ---- axes ------------------------------------------------------------------------------------------
 def hook_info(model: Any, name: str) -> HookInfo:
     """The axes and patch semantics of hook `name`: declared on the hook point, else `STANDARD_HOOKS`."""
@@ -313,8 +338,10 @@ def component_name(template: str) -> str:
 
 
 def components(model: Any) -> dict[str, str]:
-    """{short name: hook template} for every per-layer hook of `model` whose axes are known, whose short
-    name is unambiguous and that exists in every layer (e.g. `z` -> `blocks.{layer}.attn.hook_z`)."""
+    """{short name: hook template} for every per-layer hook of `model` whose axes are known and whose short
+    name is unambiguous (e.g. `z` -> `blocks.{layer}.attn.hook_z`). A template may exist in some layers
+    only (a hybrid's `z` in its attention layers, `ssm_state` in its SSM layers): `hook_layers(model,
+    template)` says which, and analyses go over those."""
     by_short: dict[str, set[str]] = {}
     for name in model.hook_dict:
         if layer_of(name) is None:
@@ -331,7 +358,8 @@ def components(model: Any) -> dict[str, str]:
         if len(templates) != 1:
             continue
         (template,) = templates
-        if has_hooks(model, template) and find_hook_info(model, template.format(layer=0)) is not None:
+        layers = hook_layers(model, template)
+        if layers and find_hook_info(model, template.format(layer=layers[0])) is not None:
             out[short] = template
     return out
 

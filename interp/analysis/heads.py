@@ -28,6 +28,15 @@ d of one layer (A = -exp(A_log), dt = softplus(hook_ssm_dt), cum_t = dt_1 + ... 
 (`ssm_attention`, tested against the model's own scan output). `mamba_patterns` turns |M| into
 row-normalised patterns so the same detectors score Mamba channels. Note that u_s already mixes the
 last d_conv tokens through the short convolution, so "position s" means "the conv window ending at s".
+
+Mamba-2 (SSD) has one scalar decay per head, so each SSM head has one exact hidden attention matrix
+(`model.ssm_attention(tokens)`, `interp.models.ssd.ssd_attention`); its row-normalised |M| is scored
+per head like an attention head, with `activity` the RMS of the head's `hook_scan_out`.
+
+Hybrids: every detector goes layer by layer. Attention heads are scored in the layers that have
+`attn.hook_pattern` and `hook_z` (`attention_layers`), Mamba-1 channel means and Mamba-2 heads in the
+SSM layers (`scan_layers`); `head_scores` returns them together, the `kind` column says which
+(`attention`, `mamba` (channel mean, head 0), `mamba2`) and `layer` is the model's layer index.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from interp.hooks import check_model, has_hooks, model_label, run_and_cache
+from interp.hooks import check_model, hook_layers, model_label, run_and_cache
 from interp.tasks import Batch
 
 ATTENTION_HOOKS = ("blocks.{layer}.attn.hook_pattern", "blocks.{layer}.attn.hook_z")
@@ -50,38 +59,63 @@ SCAN_HOOKS = ("blocks.{layer}.mixer.hook_ssm_dt",)  # + hook_B and hook_C, or ho
 # ---------------------------------------------------------------------------------------------
 
 
+def attention_layers(model) -> list[int]:
+    """The layers with attention heads: `hook_pattern` and `hook_z` there (and cfg.n_heads). Every layer
+    of a transformer, the attention layers of a hybrid."""
+    return hook_layers(model, *ATTENTION_HOOKS) if hasattr(model.cfg, "n_heads") else []
+
+
 def has_attention(model) -> bool:
-    """Attention heads in every layer: `hook_pattern` and `hook_z` (and cfg.n_heads)."""
-    return hasattr(model.cfg, "n_heads") and has_hooks(model, *ATTENTION_HOOKS)
+    """Attention heads in at least one layer (`attention_layers`)."""
+    return bool(attention_layers(model))
+
+
+def scan_layers(model) -> dict[int, str]:
+    """{layer: "mamba" | "mamba2"} for the layers whose selective scan the detectors can read.
+
+    "mamba": a Mamba-1 scan, dt, B and C hooks (B and C may come from `hook_x_proj`) and a 2-D `A_log`
+    [D_inner, N] on the mixer (interp's, or TransformerLens's bridge). "mamba2": a Mamba-2 mixer (1-D
+    `A_log`, one decay per head) of a model with `ssm_attention(tokens)` (interp's HookedMamba2 and
+    HookedHybrid)."""
+    out = {}
+    for layer in hook_layers(model, *SCAN_HOOKS):
+        a_log = _a_log(model, layer)
+        if a_log is None:
+            continue
+        pre = f"blocks.{layer}.mixer.hook_"
+        if a_log.ndim == 2:
+            if {pre + "B", pre + "C"} <= set(model.hook_dict) or pre + "x_proj" in model.hook_dict:
+                out[layer] = "mamba"
+        elif a_log.ndim == 1 and callable(getattr(model, "ssm_attention", None)):
+            out[layer] = "mamba2"
+    return out
 
 
 def has_selective_scan(model) -> bool:
-    """A Mamba-1 selective scan in every layer: dt, B and C hooks (B and C may come from `hook_x_proj`)
-    and the mixer's `A_log` parameter."""
-    if not has_hooks(model, *SCAN_HOOKS):
-        return False
-    bc = has_hooks(model, "blocks.{layer}.mixer.hook_B", "blocks.{layer}.mixer.hook_C")
-    return (bc or has_hooks(model, "blocks.{layer}.mixer.hook_x_proj")) and _a_log(model, 0) is not None
+    """A selective scan the detectors can read (Mamba-1 or Mamba-2) in at least one layer (`scan_layers`)."""
+    return bool(scan_layers(model))
 
 
 @torch.no_grad()
 def attention_patterns(model, tokens: Tensor) -> Tensor:
-    """Attention patterns of every layer, stacked: [L, B, H, P, P]."""
+    """Attention patterns of the attention layers (`attention_layers`: every layer of a transformer),
+    stacked: [L_attn, B, H, P, P]; row i is layer `attention_layers(model)[i]`."""
     check_model(model, "n_layers")
     if not has_attention(model):
         raise ValueError(
             f"attention_patterns needs attention heads (hooks {', '.join(ATTENTION_HOOKS)}); "
             f"{model_label(model)} has none, use mamba_patterns for a selective scan"
         )
-    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in attention_layers(model)]
     _, cache = run_and_cache(model, tokens, names)
     return torch.stack([cache[n] for n in names])
 
 
 @torch.no_grad()
 def head_activity(model, tokens: Tensor) -> Tensor:
-    """RMS of each head's output `hook_z` over batch, positions and d_head: [L, H], max scaled to 1."""
-    names = [f"blocks.{layer}.attn.hook_z" for layer in range(model.cfg.n_layers)]
+    """RMS of each head's output `hook_z` over batch, positions and d_head: [L_attn, H] (the attention
+    layers), max scaled to 1."""
+    names = [f"blocks.{layer}.attn.hook_z" for layer in attention_layers(model)]
     _, cache = run_and_cache(model, tokens, names)
     rms = torch.stack([cache[n].float().pow(2).mean((0, 1, 3)).sqrt() for n in names])  # [L, H]
     return rms / rms.max().clamp(min=1e-12)
@@ -107,49 +141,74 @@ def ssm_attention(dt_raw: Tensor, B: Tensor, C: Tensor, A_log: Tensor) -> Tensor
 
 @torch.no_grad()
 def mamba_patterns(model, tokens: Tensor, reduce: str = "mean") -> Tensor:
-    """Row-normalised |M| of every Mamba layer as attention-like patterns.
+    """Row-normalised |M| of every scan layer (`scan_layers`) as attention-like patterns, stacked.
 
-    Returns [L, B, D_inner, P, P] (`reduce="none"`: each channel is a "head") or [L, B, 1, P, P]
-    (`reduce="mean"`: the channels' normalised patterns averaged). Works on any model with a Mamba-1
-    scan's hooks (`has_selective_scan`): interp's, or TransformerLens's bridge (with
-    `block.mixer.eager_scan = True`, where B and C are split from `hook_x_proj`).
+    Returns [L_ssm, B, H, P, P]: H = D_inner (Mamba-1 channels) or the Mamba-2 heads with `reduce="none"`,
+    H = 1 with `reduce="mean"` (the normalised patterns averaged). Row i is layer
+    `list(scan_layers(model))[i]` (every layer of a pure Mamba). Works on any model with a Mamba-1 scan's
+    hooks, interp's or TransformerLens's bridge (with `block.mixer.eager_scan = True`, where B and C are
+    split from `hook_x_proj`), and on interp's Mamba-2 and hybrids (`model.ssm_attention`).
     """
-    check_model(model, "n_layers")
-    if not has_selective_scan(model):
+    layers = ssm_patterns(model, tokens, reduce)
+    shapes = {tuple(p.shape) for p in layers.values()}
+    if len(shapes) > 1:
         raise ValueError(
-            f"mamba_patterns needs a Mamba-1 selective scan (hooks mixer.hook_ssm_dt and hook_B/hook_C or "
-            f"hook_x_proj, and the mixer's A_log); {model_label(model)} has none"
+            f"the scan layers have different head counts {sorted(shapes)}; use reduce='mean' or "
+            "ssm_patterns (one tensor per layer)"
+        )
+    return torch.stack(list(layers.values()))
+
+
+@torch.no_grad()
+def ssm_patterns(model, tokens: Tensor, reduce: str = "mean") -> dict[int, Tensor]:
+    """`mamba_patterns` per layer: {layer: [B, H, P, P]} for every scan layer (`scan_layers`)."""
+    check_model(model, "n_layers")
+    kinds = scan_layers(model)
+    if not kinds:
+        raise ValueError(
+            f"mamba_patterns needs a selective scan (Mamba-1: hooks mixer.hook_ssm_dt and hook_B/hook_C or "
+            f"hook_x_proj, and the mixer's A_log; Mamba-2: the model's ssm_attention); {model_label(model)} "
+            "has none"
         )
     if reduce not in ("mean", "none"):
         raise ValueError(f"reduce={reduce!r} is not allowed; use 'mean' or 'none'")
-    layers = range(model.cfg.n_layers)
-    split = not has_hooks(model, "blocks.{layer}.mixer.hook_B")
-    parts = ("ssm_dt", "x_proj") if split else ("ssm_dt", "B", "C")
-    names = [f"blocks.{layer}.mixer.hook_{h}" for layer in layers for h in parts]
-    _, cache = run_and_cache(model, tokens, names)
-    out = []
-    for layer in layers:
-        pre = f"blocks.{layer}.mixer.hook_"
-        A_log = _a_log(model, layer)
-        if split:  # x_proj output = [dt_low | B | C], B and C of width N = A_log.shape[1]
-            n = A_log.shape[1]
-            B, C = cache[pre + "x_proj"][..., -2 * n : -n], cache[pre + "x_proj"][..., -n:]
-        else:
-            B, C = cache[pre + "B"], cache[pre + "C"]
-        M = ssm_attention(cache[pre + "ssm_dt"], B, C, A_log).abs()
+    out: dict[int, Tensor] = {}
+    mamba1 = [layer for layer, kind in kinds.items() if kind == "mamba"]
+    if mamba1:
+        split = not all(f"blocks.{layer}.mixer.hook_B" in model.hook_dict for layer in mamba1)
+        parts = ("ssm_dt", "x_proj") if split else ("ssm_dt", "B", "C")
+        names = [f"blocks.{layer}.mixer.hook_{h}" for layer in mamba1 for h in parts]
+        _, cache = run_and_cache(model, tokens, names)
+        for layer in mamba1:
+            pre = f"blocks.{layer}.mixer.hook_"
+            A_log = _a_log(model, layer)
+            if split:  # x_proj output = [dt_low | B | C], B and C of width N = A_log.shape[1]
+                n = A_log.shape[1]
+                B, C = cache[pre + "x_proj"][..., -2 * n : -n], cache[pre + "x_proj"][..., -n:]
+            else:
+                B, C = cache[pre + "B"], cache[pre + "C"]
+            out[layer] = ssm_attention(cache[pre + "ssm_dt"], B, C, A_log)
+    if any(kind == "mamba2" for kind in kinds.values()):
+        M2 = model.ssm_attention(tokens)  # HookedMamba2: [L, B, H, P, P]; HookedHybrid: {layer: [B, H, P, P]}
+        M2 = M2 if isinstance(M2, dict) else dict(enumerate(M2))
+        out |= {layer: M2[layer] for layer, kind in kinds.items() if kind == "mamba2"}
+    patterns = {}
+    for layer in sorted(out):
+        M = out[layer].abs().float()
         pattern = M / M.sum(-1, keepdim=True).clamp(min=1e-12)
-        out.append(pattern.mean(1, keepdim=True) if reduce == "mean" else pattern)
-    return torch.stack(out)
+        patterns[layer] = pattern.mean(1, keepdim=True) if reduce == "mean" else pattern
+    return patterns
 
 
 def _a_log(model, layer: int) -> Tensor | None:
-    """The scan's A_log [D_inner, N] of one layer: a parameter of the module the mixer hooks live in
-    (`blocks.{l}.mixer`, interp's and the bridge's module path alike); None where there is none."""
+    """The scan's A_log of one layer, [D_inner, N] (Mamba-1) or [H] (Mamba-2): a parameter of the module
+    the mixer hooks live in (`blocks.{l}.mixer`, interp's and the bridge's module path alike); None where
+    there is none."""
     try:
         a_log = getattr(model.get_submodule(f"blocks.{layer}.mixer"), "A_log", None)
     except AttributeError:
         return None
-    return a_log if isinstance(a_log, Tensor) and a_log.ndim == 2 else None
+    return a_log if isinstance(a_log, Tensor) and a_log.ndim in (1, 2) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,11 +303,13 @@ def score_patterns(
     batch: Batch,
     offsets: Sequence[int] = (1,),
     windows: Sequence[int] = (),
+    layers: Sequence[int] | None = None,
 ) -> pd.DataFrame:
     """Detector scores of patterns [L, B, H, P, P] computed on `batch` (copy or induction task).
 
     Returns a long DataFrame: layer, head, score (offset_{o}, window_{w}, lookup and lookup_next or
-    induction and induction_next), value.
+    induction and induction_next), value. layers: the model's layer index of each row of `patterns`
+    (default 0..L-1; a hybrid's attention layers are e.g. [1, 3]).
     Padding queries never count.
     """
     real = batch.tokens != batch.vocab.pad
@@ -259,10 +320,13 @@ def score_patterns(
         scores[name] = target_score(patterns, lookup_targets(batch))
         scores[f"{name}_next"] = target_score(patterns, lookup_targets(batch, shift=1))
     n_layers, n_heads = patterns.shape[0], patterns.shape[2]
+    layers = list(range(n_layers)) if layers is None else list(layers)
+    if len(layers) != n_layers:
+        raise ValueError(f"layers names {len(layers)} layers, the patterns have {n_layers}")
     rows = [
-        {"layer": layer, "head": head, "score": name, "value": float(values[layer, head])}
+        {"layer": layers[i], "head": head, "score": name, "value": float(values[i, head])}
         for name, values in scores.items()
-        for layer in range(n_layers)
+        for i in range(n_layers)
         for head in range(n_heads)
     ]
     return pd.DataFrame(rows)
@@ -274,22 +338,57 @@ def head_scores(
     offsets: Sequence[int] = (1,),
     windows: Sequence[int] = (),
 ) -> pd.DataFrame:
-    """`score_patterns` on the model's own patterns (attention heads, or a selective scan's channel
-    means), plus each head's `activity` (attention heads; see the module docstring). Any model of the
-    hook contract with attention hooks or Mamba-1 scan hooks (`has_attention`, `has_selective_scan`)."""
+    """`score_patterns` on the model's own patterns, layer by layer: the attention heads of the attention
+    layers (with each head's `activity`, see the module docstring), the channel mean of each Mamba-1
+    layer (head 0, activity 1) and every head of each Mamba-2 layer (activity: RMS of its `hook_scan_out`,
+    max over the model's Mamba-2 heads scaled to 1). A `kind` column says which (attention, mamba,
+    mamba2); `layer` is the model's layer. Any model of the hook contract with attention hooks or a
+    selective scan (`has_attention`, `has_selective_scan`), hybrids included."""
     check_model(model, "n_layers")
-    if has_attention(model):
-        df = score_patterns(attention_patterns(model, batch.tokens), batch, offsets, windows)
+    parts = []
+    attn = attention_layers(model)
+    if attn:
+        df = score_patterns(attention_patterns(model, batch.tokens), batch, offsets, windows, layers=attn)
         activity = head_activity(model, batch.tokens)
-        df["activity"] = [float(activity[r.layer, r.head]) for r in df.itertuples()]
-        return df
-    if has_selective_scan(model):
-        df = score_patterns(mamba_patterns(model, batch.tokens, reduce="mean"), batch, offsets, windows)
-        df["activity"] = 1.0
-        return df
-    raise ValueError(
-        f"head scores need attention heads (hooks {', '.join(ATTENTION_HOOKS)}) or a Mamba-1 selective scan "
-        f"(mixer.hook_ssm_dt, hook_B/hook_C or hook_x_proj, A_log); {model_label(model)} has neither"
+        row = {layer: i for i, layer in enumerate(attn)}
+        df["activity"] = [float(activity[row[r.layer], r.head]) for r in df.itertuples()]
+        df["kind"] = "attention"
+        parts.append(df)
+    kinds = scan_layers(model)
+    for kind, reduce in (("mamba", "mean"), ("mamba2", "none")):
+        layers = [layer for layer, k in kinds.items() if k == kind]
+        if not layers:
+            continue
+        patterns = ssm_patterns(model, batch.tokens, reduce)
+        for layer in layers:
+            df = score_patterns(patterns[layer][None], batch, offsets, windows, layers=[layer])
+            df["activity"] = 1.0
+            df["kind"] = kind
+            parts.append(df)
+        if kind == "mamba2":
+            names = [f"blocks.{layer}.mixer.hook_scan_out" for layer in layers]
+            if all(n in model.hook_dict for n in names):
+                with torch.no_grad():
+                    _, cache = run_and_cache(model, batch.tokens, names)
+                rms = {
+                    layer: cache[n].float().pow(2).mean((0, 1, 3)).sqrt() for layer, n in zip(layers, names)
+                }
+                top = max(float(r.max()) for r in rms.values()) or 1.0
+                for df in parts[-len(layers) :]:
+                    df["activity"] = [float(rms[r.layer][r.head]) / top for r in df.itertuples()]
+    if not parts:
+        raise ValueError(
+            f"head scores need attention heads (hooks {', '.join(ATTENTION_HOOKS)}) or a selective scan "
+            f"(Mamba-1: mixer.hook_ssm_dt, hook_B/hook_C or hook_x_proj, A_log; Mamba-2: ssm_attention); "
+            f"{model_label(model)} has neither"
+        )
+    df = pd.concat(parts, ignore_index=True)
+    order = {name: i for i, name in enumerate(dict.fromkeys(df["score"]))}
+    df["_order"] = df["score"].map(order)
+    return (
+        df.sort_values(["_order", "layer", "head"], kind="stable")
+        .drop(columns="_order")
+        .reset_index(drop=True)
     )
 
 

@@ -115,6 +115,11 @@ class HybridConfig(Config):
     def n_layers(self) -> int:
         return len(self.layers)
 
+    @property
+    def d_inner(self) -> int:
+        """The SSM layers' channel count, expand * d_model (Mamba-1 and Mamba-2 alike)."""
+        return self.expand * self.d_model
+
     def layers_of(self, kind: str) -> list[int]:
         """Indices of the layers of one kind: `cfg.layers_of("attn")`."""
         return [i for i, k in enumerate(self.layers) if k == kind]

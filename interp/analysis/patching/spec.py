@@ -16,6 +16,8 @@ from interp.hooks import (
     check_model,
     component_hook,
     hook_info,
+    hook_layers,
+    hook_owner_cfg,
     layer_of,
     per_layer_name,
 )
@@ -97,7 +99,8 @@ def patch_specs(
     """
     check_model(model, "n_layers")
     template = component_hook(model, component)
-    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    present = hook_layers(model, template)  # a hybrid has `z` in its attention layers only
+    layers = (present or list(range(model.cfg.n_layers))) if layers is None else list(layers)
     bad = [layer for layer in layers if not 0 <= layer < model.cfg.n_layers]
     if bad:
         raise ValueError(f"layers {bad} do not exist; this model has layers 0..{model.cfg.n_layers - 1}")
@@ -106,7 +109,8 @@ def patch_specs(
     info = hook_info(model, template.format(layer=layers[0]))
     if heads is not False and info.head is None:
         raise ValueError(f"{template!r} has no head axis; use heads=False")
-    head_list = _choose(heads, getattr(model.cfg, "n_heads", None) or 0, "heads")
+    # the size of the hook's head axis: attention heads, or a Mamba-2 layer's SSM heads (its cfg.n_heads)
+    n_heads = {layer: head_count(model, template.format(layer=layer)) for layer in layers} if heads else {}
     if positions is True and n_pos is None:
         raise ValueError("positions=True needs n_pos, the sequence length of the batches")
     pos_list = _choose(positions, n_pos or 0, "positions")
@@ -122,7 +126,7 @@ def patch_specs(
     return [
         PatchSpec(template.format(layer=layer), pos=p, head=h, channels=c)
         for layer in layers
-        for h in head_list
+        for h in _choose(heads, n_heads.get(layer, 0), "heads")
         for p in pos_list
         for c in groups
     ]
@@ -140,9 +144,21 @@ def _choose(value: bool | Sequence[int], n: int, what: str) -> list:
     return chosen
 
 
+def head_count(model: Any, name: str) -> int:
+    """Length of the head axis of hook `name`: `cfg.n_heads` of the module the hook lives in (a hybrid's
+    Mamba-2 mixer has its own, d_inner / head_dim), else the model's (attention heads)."""
+    n = getattr(hook_owner_cfg(model, name), "n_heads", None) or getattr(model.cfg, "n_heads", None)
+    if not isinstance(n, int):
+        raise ValueError(f"heads=True needs the number of heads of {name!r}; give a list of heads instead")
+    return n
+
+
 def channel_count(model: Any, name: str) -> int:
-    """Length of the channel axis of hook `name` (Mamba's D_inner) from the config: cfg.d_inner."""
-    d_inner = getattr(model.cfg, "d_inner", None)
+    """Length of the channel axis of hook `name` (Mamba's D_inner) from the config: cfg.d_inner (of the
+    module the hook lives in, else of the model)."""
+    d_inner = getattr(hook_owner_cfg(model, name), "d_inner", None)
+    if not isinstance(d_inner, int):
+        d_inner = getattr(model.cfg, "d_inner", None)
     if isinstance(d_inner, int):
         return d_inner
     raise ValueError(
