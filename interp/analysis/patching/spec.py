@@ -110,7 +110,7 @@ def patch_specs(
     if heads is not False and info.head is None:
         raise ValueError(f"{template!r} has no head axis; use heads=False")
     # the size of the hook's head axis: attention heads, or a Mamba-2 layer's SSM heads (its cfg.n_heads)
-    n_heads = {layer: head_count(model, template.format(layer=layer)) for layer in layers} if heads else {}
+    n_heads = {layer: head_count(model, template.format(layer=layer), heads is True) for layer in layers}
     if positions is True and n_pos is None:
         raise ValueError("positions=True needs n_pos, the sequence length of the batches")
     pos_list = _choose(positions, n_pos or 0, "positions")
@@ -144,12 +144,17 @@ def _choose(value: bool | Sequence[int], n: int, what: str) -> list:
     return chosen
 
 
-def head_count(model: Any, name: str) -> int:
+def head_count(model: Any, name: str, required: bool = True) -> int:
     """Length of the head axis of hook `name`: `cfg.n_heads` of the module the hook lives in (a hybrid's
-    Mamba-2 mixer has its own, d_inner / head_dim), else the model's (attention heads)."""
+    Mamba-2 mixer has its own, d_inner / head_dim), else the model's (attention heads); 0 when unknown
+    and not `required`."""
     n = getattr(hook_owner_cfg(model, name), "n_heads", None) or getattr(model.cfg, "n_heads", None)
     if not isinstance(n, int):
-        raise ValueError(f"heads=True needs the number of heads of {name!r}; give a list of heads instead")
+        if required:
+            raise ValueError(
+                f"heads=True needs the number of heads of {name!r}; give a list of heads instead"
+            )
+        return 0
     return n
 
 
