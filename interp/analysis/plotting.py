@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 
 def plot_accuracy_vs_length(
@@ -129,11 +131,17 @@ def plot_patching_heatmap(
     value: str = "effect",
     title: str | None = None,
     ax_labels: tuple[str, str] | None = None,
+    mark_indistinct: bool = False,
 ) -> Figure:
     """Heatmap of activation-patching results (`interp.analysis.patching`): one cell per
     (index, columns) pair, e.g. layer x head or layer x position, coloured by `value` (the effect, as
-    a fraction of the clean-corrupt gap, by default). Rows that share a cell are averaged."""
-    for col in (index, columns, value):
+    a fraction of the clean-corrupt gap, by default). Rows that share a cell are averaged.
+
+    mark_indistinct: grey out and hatch the cells whose bootstrap interval over examples contains 0
+    (the `distinct` column, `interp.analysis.patching.stats`): a cell is marked unless all its rows
+    are distinct from zero."""
+    needed = (index, columns, value) + (("distinct",) if mark_indistinct else ())
+    for col in needed:
         if col not in df.columns:
             raise ValueError(f"no column {col!r} in the patching results; columns: {list(df.columns)}")
     grid = df.pivot_table(index=index, columns=columns, values=value, aggfunc="mean")
@@ -151,6 +159,13 @@ def plot_patching_heatmap(
         fmt=".2f",
         cbar_kws={"label": _VALUE_LABELS.get(value, value)},
     )
+    if mark_indistinct:
+        marks = df.assign(distinct=df["distinct"].astype(float))
+        distinct = marks.pivot_table(index=index, columns=columns, values="distinct", aggfunc="min")
+        distinct = distinct.reindex(index=grid.index, columns=grid.columns).to_numpy()
+        for i, j in zip(*np.nonzero(distinct < 1)):
+            ax.add_patch(Rectangle((j, i), 1, 1, fill=True, facecolor="white", alpha=0.6, hatch="///", lw=0))
+        title = (title or "") + ("\n" if title else "") + "hatched: 95% interval contains 0"
     x_label, y_label = ax_labels or (_AXIS_LABELS.get(columns, columns), _AXIS_LABELS.get(index, index))
     ax.set(xlabel=x_label, ylabel=y_label, title=title or "")
     fig.tight_layout()

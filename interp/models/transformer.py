@@ -368,14 +368,7 @@ class HookedTransformer(HookedModel):
         key_mask = attention_mask.bool() if attention_mask is not None else None
         if past_kv_cache is not None:
             key_mask = past_kv_cache.extend_mask(key_mask, b, p, device)
-        bias = attention_bias(self.cfg, n_pos, device, key_mask, n_past)
-        rotary = None
-        if self.cfg.positional == "rope" and self.cfg.rotary_dim > 0:
-            if key_mask is None:
-                positions = torch.arange(n_past, n_pos, device=device)  # [P]
-            else:  # a token's position = real tokens before it (Hugging Face's position_ids for padding)
-                positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, n_past:]  # [B, P]
-            rotary = rotary_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rotary_base)
+        bias, rotary = self._bias_and_rotary(n_past, n_pos, key_mask, device)
         resid = self.hook_embed(self.embed(tokens))
         for layer, block in enumerate(self.blocks):
             past = past_kv_cache.layers[layer] if past_kv_cache is not None else None
@@ -384,6 +377,51 @@ class HookedTransformer(HookedModel):
             past_kv_cache.n_tokens = n_pos
         if logits_to_keep:  # as Hugging Face's: generation needs the last position, not [P, d_vocab]
             resid = resid[:, -logits_to_keep:]
+        return self.unembed(self.ln_final(resid))
+
+    def _bias_and_rotary(self, n_past: int, n_pos: int, key_mask: Tensor | None, device):
+        """Attention bias and rotary tables for queries n_past..n_pos-1 over keys 0..n_pos-1."""
+        bias = attention_bias(self.cfg, n_pos, device, key_mask, n_past)
+        rotary = None
+        if self.cfg.positional == "rope" and self.cfg.rotary_dim > 0:
+            if key_mask is None:
+                positions = torch.arange(n_past, n_pos, device=device)  # [P]
+            else:  # a token's position = real tokens before it (Hugging Face's position_ids for padding)
+                positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, n_past:]  # [B, P]
+            rotary = rotary_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rotary_base)
+        return bias, rotary
+
+    # Resuming a forward (the capability `interp.analysis.patching` asks for to reuse computation): a
+    # patch at layer l, position p cannot change layers < l or positions < p, so the patched forward
+    # starts at block l from the cached residual stream, with the cached keys/values of positions < p.
+    def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> ResumeState:
+        """One forward of tokens [B, P] recording what `forward_from` restarts from."""
+        cache = self.init_kv_cache()
+        resids: list[Tensor] = []
+        hooks = [
+            (f"blocks.{i}.hook_resid_pre", lambda act, hook: resids.append(act))
+            for i in range(len(self.blocks))
+        ]
+        with torch.no_grad():
+            logits = self.run_with_hooks(tokens, attention_mask, past_kv_cache=cache, fwd_hooks=hooks)
+        return ResumeState(logits, resids, [layer for layer in cache.layers], cache.key_mask)
+
+    def forward_from(self, state: ResumeState, layer: int, pos: int, copies: int = 1) -> Tensor:
+        """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`,
+        position `pos`: blocks < layer do not run, positions < pos come from the recorded keys and
+        values. Hooks of blocks >= layer fire with P - pos positions (like a KV-cached forward), on
+        `copies` repeats of the batch (copy-major, as `tokens.repeat(copies, 1)`)."""
+        b, n, _ = state.resid[0].shape
+        if not (0 <= layer < len(self.blocks) and 0 <= pos < n):
+            raise ValueError(
+                f"cannot resume at layer {layer}, position {pos}: layers 0..{len(self.blocks) - 1}, positions 0..{n - 1}"
+            )
+        key_mask = None if state.key_mask is None else state.key_mask.repeat(copies, 1)
+        bias, rotary = self._bias_and_rotary(pos, n, key_mask, state.resid[0].device)
+        resid = state.resid[layer][:, pos:].repeat(copies, 1, 1)
+        for i in range(layer, len(self.blocks)):
+            past = [kv[:, :, :pos].repeat(copies, 1, 1, 1) for kv in state.kv[i]] if pos else None
+            resid = self.blocks[i](resid, bias, rotary, past)
         return self.unembed(self.ln_final(resid))
 
     def init_kv_cache(self) -> KVCache:
@@ -398,6 +436,16 @@ class HookedTransformer(HookedModel):
     def decode_step(self, token: Tensor, cache: KVCache) -> tuple[Tensor, KVCache]:
         """For `generate_greedy`: token [B] -> (logits [B, d_vocab], the cache, extended in place)."""
         return self(token[:, None], past_kv_cache=cache)[:, -1], cache
+
+
+@dataclass
+class ResumeState:
+    """What `HookedTransformer.forward_from` restarts from: one recorded forward of B sequences."""
+
+    logits: Tensor  # [B, P, d_vocab]
+    resid: list[Tensor]  # per layer: blocks.{l}.hook_resid_pre [B, P, d_model]
+    kv: list[list[Tensor]]  # per layer: [keys, values], each [B, H, P, Dh] (after rotary)
+    key_mask: Tensor | None  # [B, P] True = real token; None: no padding
 
 
 @dataclass

@@ -11,7 +11,9 @@ import torch
 from torch import Tensor
 
 from interp.analysis.patching.metrics import Metric
+from interp.analysis.patching.reuse import can_resume, resumed, start_of
 from interp.analysis.patching.spec import PatchSpec, patch_specs
+from interp.analysis.patching.stats import effect_intervals, per_example_effects
 from interp.hooks import (
     HookInfo,
     check_model,
@@ -24,6 +26,7 @@ from interp.hooks import (
 from interp.tasks.pairs import check_pair
 
 MODES = ("denoise", "noise")
+METHODS = ("auto", "reuse", "batched", "loop")
 
 
 def activation_patching(
@@ -33,30 +36,59 @@ def activation_patching(
     metric: Metric | Callable[[Tensor], Tensor],
     specs: Sequence[PatchSpec],
     mode: str = "denoise",
-    method: str = "batched",
+    method: str = "auto",
     max_batch: int = 1024,
     axes: dict[str, str] | None = None,
+    attention_mask: Tensor | None = None,
 ) -> pd.DataFrame:
     """Patch each spec in turn and measure the metric.
 
     model: any model of the hook contract (`interp.hooks`). clean_tokens, corrupt_tokens: [B, P] (same
     shape). metric: logits [K*B, P, V] -> [K*B].
-    method: "batched" runs floor(max_batch / B) patches per forward on a repeated batch; "loop" runs
-    one forward per patch (the reference). axes: {hook or template: axes} for hooks whose axes the model
-    does not declare (`interp.hooks.declare_axes`).
-    Returns one row per spec: layer, component, hook, pos, head, channels, label, metric, effect;
-    `df.attrs` holds clean_metric, corrupt_metric, mode and patch_semantics ({hook: "forward" |
-    "recurrence" | "readout"}, see `interp.hooks.PATCH_SEMANTICS`).
+    method: "reuse" starts each patched forward at the patch's layer and position from one recorded
+    base forward (`interp.analysis.patching.reuse`; models offering `forward_from`), "batched" runs
+    floor(max_batch / B) patches per full forward on a repeated batch, "loop" runs one forward per patch
+    (the reference); "auto" = reuse where the model can, batched otherwise (and for hooks with no layer).
+    axes: {hook or template: axes} for hooks whose axes the model does not declare
+    (`interp.hooks.declare_axes`). attention_mask [B, P] (1 = token, 0 = padding), shared by the clean
+    and corrupted tokens, is passed to every forward (models whose forward takes one).
+    Returns one row per spec: layer, component, hook, pos, head, channels, label, metric, effect, and
+    error bars over examples (effect_se, effect_lo, effect_hi, distinct; `patching.stats`);
+    `df.attrs` holds clean_metric, corrupt_metric, mode, per_example_effect [S, B] and patch_semantics
+    ({hook: "forward" | "recurrence" | "readout"}, see `interp.hooks.PATCH_SEMANTICS`).
     """
     declare_axes(model, axes)
-    run = prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode)
-    if method == "batched":
-        copies = [[(s, run.source_cache[s.hook])] for s in specs]
-        values = batched(model, run.base, copies, metric, max_batch, run.infos)
-    elif method == "loop":
-        values = _loop(model, run.base, specs, run.source_cache, metric, run.infos)
-    else:
-        raise ValueError(f"unknown method {method!r}; allowed: batched, loop")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    run = prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_mask)
+    b = run.base.shape[0]
+    per_forward = max(1, max_batch // b)
+    if method == "auto":
+        method = "reuse" if can_resume(model) else "batched"
+    if method == "reuse" and not can_resume(model):
+        raise ValueError(
+            f"{type(model).__name__} cannot resume a forward (no forward_from / resume_state); "
+            "use method='batched' or 'auto'"
+        )
+    if method == "loop":
+        values = _loop(model, run.base, specs, run.source_cache, metric, run.infos, attention_mask)
+        return frame(specs, values, run)
+    values = torch.empty(len(specs), b)
+    rest = list(range(len(specs)))
+    if method == "reuse":
+        idx = [i for i in rest if start_of(specs[i], run.infos[specs[i].hook]) is not None]
+        if idx:
+            sub = [specs[i] for i in idx]
+            values[idx] = resumed(
+                model, run.base, sub, run.source_cache, metric, run.infos, per_forward, attention_mask
+            )
+        done = set(idx)
+        rest = [i for i in rest if i not in done]
+    if rest:
+        copies = [[(specs[i], run.source_cache[specs[i].hook])] for i in rest]
+        values[rest] = (
+            batched(model, run.base, copies, metric, max_batch, run.infos, attention_mask).float().cpu()
+        )
     return frame(specs, values, run)
 
 
@@ -72,8 +104,9 @@ def patch_grid(
     layers: Sequence[int] | None = None,
     channel_groups: int | None = None,
     mode: str = "denoise",
-    method: str = "batched",
+    method: str = "auto",
     axes: dict[str, str] | None = None,
+    attention_mask: Tensor | None = None,
 ) -> pd.DataFrame:
     """`patch_specs` + `activation_patching`: e.g. layer x position on the residual stream
     (`component="resid_pre", positions=True`), layer x head (`"z", heads=True`), layer x head x
@@ -97,7 +130,16 @@ def patch_grid(
         channel_groups=channel_groups,
         n_channels=n_channels,
     )
-    return activation_patching(model, clean_tokens, corrupt_tokens, metric, specs, mode=mode, method=method)
+    return activation_patching(
+        model,
+        clean_tokens,
+        corrupt_tokens,
+        metric,
+        specs,
+        mode=mode,
+        method=method,
+        attention_mask=attention_mask,
+    )
 
 
 @dataclass
@@ -111,9 +153,11 @@ class Prepared:
     mode: str
     source_cache: dict[str, Tensor]  # hook -> source activation
     infos: dict[str, HookInfo]  # hook -> axes and patch semantics
+    clean_values: Tensor | None = None  # [B] the metric of each clean example
+    corrupt_values: Tensor | None = None  # [B] the metric of each corrupted example
 
 
-def prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode) -> Prepared:
+def prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_mask=None) -> Prepared:
     """Check inputs; run the source and base once for the baseline metrics and the source activations."""
     check_model(model)
     if mode not in MODES:
@@ -133,17 +177,28 @@ def prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode) -> Prepare
     hooks = sorted({s.hook for s in specs})
     infos = {name: hook_info(model, name) for name in hooks}  # unknown names and axes raise here
     base, source = (corrupt_tokens, clean_tokens) if mode == "denoise" else (clean_tokens, corrupt_tokens)
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(clean_tokens.shape):
+        raise ValueError(
+            f"attention_mask {tuple(attention_mask.shape)} must have the tokens' shape {tuple(clean_tokens.shape)}"
+        )
+    kw = masked(attention_mask)
     with torch.no_grad():
-        source_logits, cache = run_and_cache(model, source, hooks)
-        base_logits = model(base)
+        if kw:
+            source_logits, cache = model.run_with_cache(source, names_filter=hooks, **kw)
+            cache = {n: cache[n] for n in hooks}
+        else:
+            source_logits, cache = run_and_cache(model, source, hooks)
+        base_logits = model(base, **kw)
         for s in specs:  # a bad index fails here, with the spec named, not inside a forward
             try:
                 cache[s.hook][s.index(infos[s.hook])]
             except IndexError as e:
                 raise ValueError(f"{s} does not fit activation {tuple(cache[s.hook].shape)}: {e}") from None
-        m_source, m_base = float(metric(source_logits).mean()), float(metric(base_logits).mean())
-    clean_m, corrupt_m = (m_source, m_base) if mode == "denoise" else (m_base, m_source)
-    return Prepared(base, source, clean_m, corrupt_m, mode, cache, infos)
+        v_source, v_base = metric(source_logits).float(), metric(base_logits).float()
+    clean_v, corrupt_v = (v_source, v_base) if mode == "denoise" else (v_base, v_source)
+    return Prepared(
+        base, source, float(clean_v.mean()), float(corrupt_v.mean()), mode, cache, infos, clean_v, corrupt_v
+    )
 
 
 @torch.no_grad()
@@ -154,22 +209,24 @@ def batched(
     metric: Callable[[Tensor], Tensor],
     max_batch: int,
     infos: dict[str, HookInfo],
+    attention_mask: Tensor | None = None,
 ) -> Tensor:
-    """Metric [len(copies)] where copy k runs `base` with every (spec, source [B, ...]) of copies[k]
-    patched in. Copies run floor(max_batch / B) per forward, as one repeated batch."""
+    """Metric [len(copies), B] (per example) where copy k runs `base` with every (spec, source [B, ...])
+    of copies[k] patched in. Copies run floor(max_batch / B) per forward, as one repeated batch."""
     b = base.shape[0]
     per_forward = max(1, max_batch // b)
     out = []
     for start in range(0, len(copies), per_forward):
         chunk = copies[start : start + per_forward]
         k = len(chunk)
-        fwd_hooks = list(_patch_hooks(chunk, b, infos).items())
-        logits = model.run_with_hooks(base.repeat(k, 1), fwd_hooks=fwd_hooks)
-        out.append(metric(logits).view(k, b).mean(1))
+        fwd_hooks = list(patch_hooks(chunk, b, infos).items())
+        kw = masked(None if attention_mask is None else attention_mask.repeat(k, 1))
+        logits = model.run_with_hooks(base.repeat(k, 1), fwd_hooks=fwd_hooks, **kw)
+        out.append(metric(logits).view(k, b))
     return torch.cat(out)
 
 
-def _patch_hooks(
+def patch_hooks(
     chunk: list[list[tuple[PatchSpec, Tensor]]], b: int, infos: dict[str, HookInfo]
 ) -> dict[str, Callable]:
     """One hook function per hook name: copy k's rows take the source wherever its specs select."""
@@ -212,8 +269,9 @@ def _loop(
     source_cache: dict[str, Tensor],
     metric: Callable[[Tensor], Tensor],
     infos: dict[str, HookInfo],
+    attention_mask: Tensor | None = None,
 ) -> Tensor:
-    """The reference: one forward per patch, plain index assignment."""
+    """The reference: one forward per patch, plain index assignment. -> metric [S, B] per example."""
     values = []
     for spec in specs:
         src = source_cache[spec.hook]
@@ -224,9 +282,14 @@ def _loop(
             act[idx] = src[idx]
             return act
 
-        logits = model.run_with_hooks(base, fwd_hooks=[(spec.hook, hook_fn)])
-        values.append(metric(logits).mean())
+        logits = model.run_with_hooks(base, fwd_hooks=[(spec.hook, hook_fn)], **masked(attention_mask))
+        values.append(metric(logits))
     return torch.stack(values)
+
+
+def masked(attention_mask: Tensor | None) -> dict:
+    """Forward keyword arguments: the mask only when there is one (not every model takes it)."""
+    return {} if attention_mask is None else {"attention_mask": attention_mask}
 
 
 def frame(specs: Sequence[PatchSpec], values: Tensor, run: Prepared) -> pd.DataFrame:
@@ -235,9 +298,15 @@ def frame(specs: Sequence[PatchSpec], values: Tensor, run: Prepared) -> pd.DataF
 
 
 def with_effects(df: pd.DataFrame, values: Tensor, run: Prepared) -> pd.DataFrame:
-    """Add `metric` and `effect` (fraction of the clean-corrupt gap, see the package doc) to df."""
+    """Add `metric` and `effect` (fraction of the clean-corrupt gap, see the package doc) to df.
+
+    values: [S] or, per example, [S, B]; per-example values also give `effect_se`, `effect_lo`,
+    `effect_hi` (bootstrap interval over examples) and `distinct` (the interval excludes 0), see
+    `interp.analysis.patching.stats`, and `df.attrs["per_example_effect"]` [S, B]."""
     clean_m, corrupt_m = run.clean_metric, run.corrupt_metric
-    df["metric"] = values.detach().cpu().double().numpy()
+    values = values.detach().cpu().double()
+    per_example = values.ndim == 2
+    df["metric"] = (values.mean(1) if per_example else values).numpy()
     gap = clean_m - corrupt_m
     if run.mode == "denoise":
         df["effect"] = (df["metric"] - corrupt_m) / gap if gap else float("nan")
@@ -249,4 +318,11 @@ def with_effects(df: pd.DataFrame, values: Tensor, run: Prepared) -> pd.DataFram
         mode=run.mode,
         patch_semantics={name: info.patch for name, info in run.infos.items()},
     )
+    if per_example and run.clean_values is not None:
+        clean_v, corrupt_v = (v.detach().cpu().double() for v in (run.clean_values, run.corrupt_values))
+        effects = per_example_effects(values, clean_v, corrupt_v, run.mode)
+        bars = effect_intervals(effects)
+        df["effect_se"], df["effect_lo"], df["effect_hi"] = bars["se"], bars["lo"], bars["hi"]
+        df["distinct"] = bars["distinct"]
+        df.attrs["per_example_effect"] = effects.numpy()
     return df

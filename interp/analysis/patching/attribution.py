@@ -35,6 +35,7 @@ def attribution_patching(
     """
     declare_axes(model, axes)
     run = prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode)
+    b = run.base.shape[0]
     hooks = sorted({s.hook for s in specs})
     grad_hook = {name: _grad_hook(name, run.infos[name]) for name in hooks}
     for name in set(grad_hook.values()):
@@ -64,10 +65,11 @@ def attribution_patching(
             raise RuntimeError(f"the metric does not depend on {spec.hook!r}; nothing to attribute")
         idx = spec.index(run.infos[spec.hook])
         diff = run.source_cache[spec.hook] - acts[spec.hook].detach()
-        values.append((grad[idx] * diff[idx]).sum())
+        # the metric is a mean over examples that do not interact: B * dMean/da_b = dm_b/da_b
+        values.append((grad[idx] * diff[idx]).flatten(1).sum(1) * b)  # [B]
     model.zero_grad(set_to_none=True)
-    base_m = run.corrupt_metric if mode == "denoise" else run.clean_metric
-    return frame(specs, torch.stack(values).detach() + base_m, run)
+    base_v = run.corrupt_values if mode == "denoise" else run.clean_values
+    return frame(specs, torch.stack(values).detach() + base_v, run)
 
 
 def _grad_hook(name: str, info: HookInfo) -> str:

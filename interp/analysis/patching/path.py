@@ -86,7 +86,7 @@ def path_patching(
         fwd_hooks += [(name, _store_hook(store, name)) for name in rec_hooks]
         with torch.no_grad():
             logits = model.run_with_hooks(base.repeat(k, 1), fwd_hooks=fwd_hooks)
-        direct.append(metric(logits).view(k, b).mean(1))
+        direct.append(metric(logits).view(k, b))
         for i, sender in enumerate(chunk):
             recorded[sender] = {name: store[name].unflatten(0, (k, b))[i] for name in rec_hooks}
     direct_values = torch.cat(direct)
@@ -102,7 +102,7 @@ def path_patching(
                 name = f"blocks.{rl}.attn.hook_{inp}"
                 copies.append([(PatchSpec(name, head=rh), recorded[(sl, sh)][name])])
                 rows.append(_path_row((sl, sh), (rl, rh), inp))
-    path_values = batched(model, base, copies, metric, max_batch, rec_infos) if copies else torch.zeros(0)
+    path_values = batched(model, base, copies, metric, max_batch, rec_infos) if copies else torch.zeros(0, b)
     values, d, p = [], iter(direct_values), iter(path_values)
     for row in rows:
         values.append(next(d) if row["input"] == "direct" else next(p))

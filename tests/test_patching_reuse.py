@@ -1,0 +1,129 @@
+"""Reused patching (start at the patch's layer and position) equals the one-forward-per-patch loop."""
+
+import pytest
+import torch
+
+from interp.analysis.patching import (
+    Metric,
+    PatchSpec,
+    activation_patching,
+    make_metric,
+    paired_batches,
+    patch_specs,
+)
+from interp.models import build_model
+from interp.models.hash_copy import build_hash_copy
+from interp.tasks import TaskConfig
+
+TASK = TaskConfig(task="copy", n_letters=8, max_len=40, unique_ngrams=True, ngram=3)
+
+
+def left_pad(tokens, mask, answers, wrong, shifts, pad=0):
+    """Shift example i right by shifts[i], padding on the left: the same strings, left-padded."""
+    b, p = tokens.shape
+    out = [torch.full((b, p + max(shifts)), fill, dtype=t.dtype) for t, fill in ((tokens, pad), (mask, 0))]
+    out += [torch.full((b, p + max(shifts)), pad, dtype=t.dtype) for t in (answers, wrong)]
+    attn = torch.zeros(b, p + max(shifts), dtype=torch.long)
+    for i, s in enumerate(shifts):
+        s0 = max(shifts) - s  # every example ends at the last column
+        for o, t in zip(out, (tokens, mask, answers, wrong)):
+            o[i, s0 : s0 + p] = t[i]
+        attn[i, s0 : s0 + p] = 1
+        attn[i, s0 + p :] = 0
+    return out, attn
+
+
+def grids(model, n_pos):
+    return {
+        "heads x positions": patch_specs(model, "z", heads=True, positions=True, n_pos=n_pos),
+        "residual x positions": patch_specs(model, "resid_pre", positions=True, n_pos=n_pos)
+        + patch_specs(model, "resid_mid", positions=True, n_pos=n_pos),
+        "layer x head, q/k/v/pattern": patch_specs(model, "q", heads=True)
+        + patch_specs(model, "k", heads=True, positions=[3, 7])
+        + patch_specs(model, "pattern", heads=True, positions=[5])
+        + patch_specs(model, "mlp_out", positions=[0, 9]),
+    }
+
+
+@pytest.fixture(scope="module")
+def models():
+    torch.manual_seed(0)
+    trained_like = build_model(
+        "transformer", d_vocab=TASK.vocab.size, d_model=32, n_layers=3, n_heads=4
+    ).eval()
+    for p in trained_like.parameters():  # larger weights than init so patches move the logits
+        p.data.mul_(8)
+    return {"hash-copy": build_hash_copy(8, 3, n_ctx=128), "random-d32": trained_like}
+
+
+@pytest.mark.parametrize("name", ["hash-copy", "random-d32"])
+@pytest.mark.parametrize("grid", ["heads x positions", "residual x positions", "layer x head, q/k/v/pattern"])
+@pytest.mark.parametrize("mode", ["noise", "denoise"])
+def test_reuse_equals_loop(models, name, grid, mode):
+    model = models[name]
+    clean, corrupt = paired_batches(TASK, 3, 6)
+    metric = make_metric("logit_diff", clean, corrupt)
+    specs = grids(model, clean.tokens.shape[1])[grid]
+    args = (model, clean.tokens, corrupt.tokens, metric, specs)
+    reuse = activation_patching(*args, mode=mode, method="reuse", max_batch=24)
+    loop = activation_patching(*args, mode=mode, method="loop")
+    torch.testing.assert_close(
+        torch.tensor(reuse.attrs["per_example_effect"]),
+        torch.tensor(loop.attrs["per_example_effect"]),
+        atol=1e-5,
+        rtol=0,
+    )
+    torch.testing.assert_close(
+        torch.tensor(reuse.metric.values), torch.tensor(loop.metric.values), atol=1e-5, rtol=0
+    )
+    assert reuse.metric.std() > 0
+
+
+@pytest.mark.parametrize("positional", ["rope", "alibi"])
+def test_reuse_equals_loop_with_left_padding(positional):
+    torch.manual_seed(1)
+    model = build_model(
+        "transformer", d_vocab=TASK.vocab.size, d_model=32, n_layers=2, n_heads=4, positional=positional
+    ).eval()
+    for p in model.parameters():
+        p.data.mul_(8)
+    clean, corrupt = paired_batches(TASK, 3, 6)
+    answers, wrong = clean.tokens.roll(-1, 1), corrupt.tokens.roll(-1, 1)
+    (c_tok, mask, ans, wr), attn = left_pad(clean.tokens, clean.score_mask, answers, wrong, [0, 2, 5])
+    (x_tok, *_), _ = left_pad(corrupt.tokens, clean.score_mask, answers, wrong, [0, 2, 5])
+    metric = Metric("logit_diff", ans, mask.bool(), wr)
+    n = c_tok.shape[1]
+    specs = patch_specs(model, "z", heads=True, positions=True, n_pos=n)
+    specs += patch_specs(model, "resid_pre", positions=True, n_pos=n)
+    args = (model, c_tok, x_tok, metric, specs)
+    reuse = activation_patching(*args, mode="noise", method="reuse", attention_mask=attn)
+    loop = activation_patching(*args, mode="noise", method="loop", attention_mask=attn)
+    torch.testing.assert_close(
+        torch.tensor(reuse.attrs["per_example_effect"]),
+        torch.tensor(loop.attrs["per_example_effect"]),
+        atol=1e-5,
+        rtol=0,
+    )
+    assert reuse.metric.std() > 0
+
+
+def test_auto_falls_back_without_the_capability(models, monkeypatch):
+    model = models["hash-copy"]
+    clean, corrupt = paired_batches(TASK, 2, 5)
+    metric = make_metric("logit_diff", clean, corrupt)
+    specs = patch_specs(model, "z", heads=True) + [PatchSpec("hook_embed", pos=4)]  # no layer: batched
+    args = (model, clean.tokens, corrupt.tokens, metric, specs)
+    loop = activation_patching(*args, method="loop")
+    reuse = activation_patching(*args, method="reuse")
+    torch.testing.assert_close(
+        torch.tensor(reuse.metric.values), torch.tensor(loop.metric.values), atol=1e-5, rtol=0
+    )
+    monkeypatch.setattr(model, "forward_from", None)  # a model without the capability
+    auto = activation_patching(*args)
+    torch.testing.assert_close(
+        torch.tensor(auto.metric.values), torch.tensor(loop.metric.values), atol=1e-5, rtol=0
+    )
+    with pytest.raises(ValueError, match="cannot resume a forward"):
+        activation_patching(*args, method="reuse")
+    with pytest.raises(ValueError, match="unknown method"):
+        activation_patching(*args, method="fast")
