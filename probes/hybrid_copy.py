@@ -9,8 +9,9 @@ accuracy at the training lengths and at longer strings. Then, inside the best hy
 - the lookup detector (`interp.analysis.heads.target_score` with `lookup_targets`): attention mass of each
   attention head on the source position of the token being copied, and the same for the Mamba-2
   layers' exact hidden attention (`ssm_attention`, row-normalised |M|);
-- how full the SSM states are: the norm of the state h_t at the end of the string, relative to its
-  maximum over positions (a rough saturation read-out).
+- how full the SSM states are: `interp.analysis.saturation.state_saturation` on each SSM layer's
+  `hook_ssm_state` at the separator, i.e. how many of the string's letters linear probes decode from the
+  state (decodable tokens, of L) and the bits they recover (info_bits, of string_bits).
 
     python probes/hybrid_copy.py --out runs/hybrid_copy            # ~10 min on 1 busy CPU
     python probes/hybrid_copy.py --steps 100 --out /tmp/hc          # smoke run
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from interp.analysis.heads import lookup_targets, target_score
+from interp.analysis.saturation import state_saturation
 from interp.models import build_model
 from interp.tasks import TaskConfig, make_batch
 
@@ -89,8 +91,7 @@ def inside(model, task: TaskConfig, length: int) -> dict:
     batch = make_batch(fixed, 128, torch.Generator().manual_seed(7))
     targets = lookup_targets(batch)
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in model.cfg.layers_of("attn")]
-    states = [f"blocks.{layer}.mixer.hook_ssm_state" for layer in model.cfg.layers_of("mamba2")]
-    _, cache = model.run_with_cache(batch.tokens, names_filter=names + states)
+    _, cache = model.run_with_cache(batch.tokens, names_filter=names)
     for name in names:
         score = target_score(cache[name][None], targets)[0]  # [H]
         out["lookup"][name] = [round(float(s), 3) for s in score]
@@ -99,10 +100,17 @@ def inside(model, task: TaskConfig, length: int) -> dict:
         out["lookup"][f"blocks.{layer}.mixer (ssm_attention, mean over heads)"] = round(
             float(target_score(pattern.mean(1, keepdim=True)[None], targets)[0, 0]), 3
         )
-    for name in states:
-        norms = cache[name].flatten(3).norm(dim=-1).mean((0, 1))  # [P], mean over batch and heads
-        sep = 1 + length  # "$ s |": the state after reading the whole string
-        out["state_fullness"][name] = round(float(norms[sep] / norms.max()), 3)
+    for layer in sorted(model.cfg.layers_of("mamba") + model.cfg.layers_of("mamba2")):
+        name = f"blocks.{layer}.mixer.hook_ssm_state"  # read at the separator: the whole string is in
+        sat = state_saturation(
+            model, fixed, [length], hooks=[name], n_examples=1024, copy_examples=128, max_features=256
+        ).summary.iloc[0]
+        out["state_fullness"][name] = {
+            "decodable_tokens": round(float(sat["decodable_tokens"]), 2),
+            "of_letters": length,
+            "info_bits": round(float(sat["info_bits"]), 1),
+            "string_bits": round(float(sat["string_bits"]), 1),
+        }
     return out
 
 

@@ -24,7 +24,6 @@ both: per layer (conv window, SSM state) or (keys, values).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -34,7 +33,7 @@ from torch import Tensor, nn
 
 from interp.config import Config
 from interp.models.base import Hook, HookedModel
-from interp.models.mamba import MambaBlock, MambaConfig, RMSNorm
+from interp.models.mamba import MambaBlock, MambaConfig, RMSNorm, init_mamba_mixer
 from interp.models.mamba2 import Mamba2Block, Mamba2Config, init_mamba2_mixer
 from interp.models.transformer import Attention, KVCache, TransformerConfig, attention_bias, rotary_cos_sin
 
@@ -211,44 +210,6 @@ class HybridCache:
     n_tokens: int = 0
 
 
-def _mamba1_step(block: MambaBlock, x: Tensor, conv: Tensor, ssm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One position through a Mamba-1 block: x [B, d_model], conv [B, D_inner, K - 1], ssm [B, D_inner, N].
-
-    The arithmetic of `HookedMamba.step` for one layer (which loops over its layers inline).
-    """
-    mixer = block.mixer
-    n, r = mixer.cfg.d_state, mixer.cfg.rank
-    xs, z = mixer.in_proj(block.norm(x)).chunk(2, dim=-1)  # [B, Di] each
-    window = torch.cat([conv, xs[..., None]], dim=-1)  # [B, Di, K]
-    c = (window * mixer.conv1d.weight[:, 0]).sum(-1)
-    if mixer.conv1d.bias is not None:
-        c = c + mixer.conv1d.bias
-    u = F.silu(c)  # [B, Di]
-    dt_low, Bm, Cm = mixer.x_proj(u).split([r, n, n], dim=-1)
-    dt = F.softplus(mixer.dt_proj(dt_low).float())  # [B, Di]
-    A = -torch.exp(mixer.A_log.float())  # [Di, N]
-    h = torch.exp(dt[..., None] * A) * ssm + (dt * u.float())[..., None] * Bm.float()[:, None]
-    y = (h * Cm.float()[:, None]).sum(-1) + mixer.D.float() * u.float()
-    y = (y * F.silu(z.float())).to(x.dtype)
-    return x + mixer.out_proj(y), window[..., 1:], h
-
-
-@torch.no_grad()
-def _init_mamba1_mixer(mixer, cfg: MambaConfig) -> None:
-    """mamba-ssm's Mamba-1 initialisation, as `HookedMamba._init_weights` does it per layer."""
-    for linear in (mixer.in_proj, mixer.out_proj):
-        if linear.bias is not None:
-            nn.init.zeros_(linear.bias)
-    dt_std = cfg.rank**-0.5 * cfg.dt_scale
-    nn.init.uniform_(mixer.dt_proj.weight, -dt_std, dt_std)
-    lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
-    dt = torch.exp(torch.rand(cfg.d_inner) * (hi - lo) + lo).clamp(min=cfg.dt_init_floor)
-    mixer.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1(dt)
-    nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
-    if cfg.rescale_prenorm_residual:
-        mixer.out_proj.weight /= math.sqrt(cfg.n_layers)
-
-
 class HookedHybrid(HookedModel):
     """A hybrid of SSM, attention and MLP layers; see the module docstring.
 
@@ -280,7 +241,7 @@ class HookedHybrid(HookedModel):
         if kind == "mamba":
             sub = cfg.sub_config("mamba")
             block = MambaBlock(sub)
-            _init_mamba1_mixer(block.mixer, sub)
+            init_mamba_mixer(block.mixer, sub)
         elif kind == "mamba2":
             sub = cfg.sub_config("mamba2")
             block = Mamba2Block(sub)
@@ -385,10 +346,7 @@ class HookedHybrid(HookedModel):
         x = self.embed(token)  # [B, d_model]
         ssm = list(cache.ssm)
         for layer, (kind, block) in enumerate(zip(self.cfg.layers, self.blocks, strict=True)):
-            if kind == "mamba":
-                x, conv, h = _mamba1_step(block, x, *ssm[layer])
-                ssm[layer] = (conv, h)
-            elif kind == "mamba2":
+            if kind in SSM_KINDS:  # MambaBlock.step / Mamba2Block.step
                 x, conv, h = block.step(x, *ssm[layer])
                 ssm[layer] = (conv, h)
             elif kind == "attn":

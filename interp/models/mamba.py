@@ -300,6 +300,47 @@ class MambaBlock(nn.Module):
         out = self.hook_mixer_out(self.mixer(self.hook_mixer_in(self.norm(x)), cache_out, mask))
         return self.hook_resid_post(x + out)
 
+    def step(self, x: Tensor, conv: Tensor, ssm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One position: x [B, d_model], conv [B, D_inner, K - 1], ssm [B, D_inner, N] -> (x after this
+        block, new conv, new ssm). Same arithmetic as `forward` at one position; no hooks. Used by
+        `HookedMamba.step` and by the hybrids' decoding."""
+        mixer = self.mixer
+        n, r = mixer.cfg.d_state, mixer.cfg.rank
+        xs, z = mixer.in_proj(self.norm(x)).chunk(2, dim=-1)  # [B, Di] each
+        window = torch.cat([conv, xs[..., None]], dim=-1)  # [B, Di, K]
+        c = (window * mixer.conv1d.weight[:, 0]).sum(-1)  # depthwise conv at the newest position
+        if mixer.conv1d.bias is not None:
+            c = c + mixer.conv1d.bias
+        u = F.silu(c)  # [B, Di]
+        dt_low, Bm, Cm = mixer.x_proj(u).split([r, n, n], dim=-1)  # [B, R], [B, N], [B, N]
+        dt = F.softplus(mixer.dt_proj(dt_low).float())  # [B, Di]
+        A = -torch.exp(mixer.A_log.float())  # [Di, N]
+        write = (dt * u.float())[..., None] * Bm.float()[:, None]  # [B, Di, N]
+        h = torch.exp(dt[..., None] * A) * ssm + write
+        y = (h * Cm.float()[:, None]).sum(-1) + mixer.D.float() * u.float()  # [B, Di]
+        y = (y * F.silu(z.float())).to(x.dtype)
+        return x + mixer.out_proj(y), window[..., 1:], h
+
+
+@torch.no_grad()
+def init_mamba_mixer(mixer: MambaMixer, cfg: MambaConfig) -> None:
+    """mamba-ssm's Mamba-1 initialisation of one mixer (MambaLMHeadModel with its defaults): zero biases,
+    dt_proj weights uniform in +-dt_rank^-0.5 * dt_scale, dt = softplus(dt_proj.bias) log-uniform in
+    [dt_min, dt_max], out_proj / sqrt(n_layers) (rescale_prenorm_residual). `HookedMamba` and the
+    hybrids' Mamba layers both use it."""
+    for linear in (mixer.in_proj, mixer.out_proj):
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
+    dt_std = cfg.rank**-0.5 * cfg.dt_scale
+    nn.init.uniform_(mixer.dt_proj.weight, -dt_std, dt_std)
+    # dt = softplus(bias) log-uniform in [dt_min, dt_max]; bias = softplus^-1(dt)
+    lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
+    dt = torch.exp(torch.rand(cfg.d_inner) * (hi - lo) + lo).clamp(min=cfg.dt_init_floor)
+    mixer.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+    nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
+    if cfg.rescale_prenorm_residual:
+        mixer.out_proj.weight /= math.sqrt(cfg.n_layers)
+
 
 # ---------------------------------------------------------------------------------------------
 # Model
@@ -331,19 +372,7 @@ class HookedMamba(HookedModel):
         cfg = self.cfg
         nn.init.normal_(self.embed.weight, std=cfg.init_std)
         for block in self.blocks:
-            mixer = block.mixer
-            for linear in (mixer.in_proj, mixer.out_proj):
-                if linear.bias is not None:
-                    nn.init.zeros_(linear.bias)
-            dt_std = cfg.rank**-0.5 * cfg.dt_scale
-            nn.init.uniform_(mixer.dt_proj.weight, -dt_std, dt_std)
-            # dt = softplus(bias) log-uniform in [dt_min, dt_max]; bias = softplus^-1(dt)
-            lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
-            dt = torch.exp(torch.rand(cfg.d_inner) * (hi - lo) + lo).clamp(min=cfg.dt_init_floor)
-            mixer.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-            nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
-            if cfg.rescale_prenorm_residual:
-                mixer.out_proj.weight /= math.sqrt(cfg.n_layers)
+            init_mamba_mixer(block.mixer, cfg)
 
     # ---- full-sequence forward ------------------------------------------------------------------
     def forward(
@@ -410,26 +439,11 @@ class HookedMamba(HookedModel):
                 f"the cache already holds n_ctx={self.cfg.n_ctx} tokens; the model's context is full"
             )
         self.check_tokens(token[:, None])
-        n, r = self.cfg.d_state, self.cfg.rank
         x = self.embed(token)  # [B, d_model]
         convs, ssms = [], []
         for layer, block in enumerate(self.blocks):
-            mixer = block.mixer
-            xs, z = mixer.in_proj(block.norm(x)).chunk(2, dim=-1)  # [B, Di] each
-            window = torch.cat([cache.conv[layer], xs[..., None]], dim=-1)  # [B, Di, K]
-            conv = (window * mixer.conv1d.weight[:, 0]).sum(-1)  # depthwise conv at the newest position
-            if mixer.conv1d.bias is not None:
-                conv = conv + mixer.conv1d.bias
-            u = F.silu(conv)  # [B, Di]
-            dt_low, Bm, Cm = mixer.x_proj(u).split([r, n, n], dim=-1)  # [B, R], [B, N], [B, N]
-            dt = F.softplus(mixer.dt_proj(dt_low).float())  # [B, Di]
-            A = -torch.exp(mixer.A_log.float())  # [Di, N]
-            write = (dt * u.float())[..., None] * Bm.float()[:, None]  # [B, Di, N]
-            h = torch.exp(dt[..., None] * A) * cache.ssm[layer] + write
-            y = (h * Cm.float()[:, None]).sum(-1) + mixer.D.float() * u.float()  # [B, Di]
-            y = (y * F.silu(z.float())).to(x.dtype)
-            x = x + mixer.out_proj(y)
-            convs.append(window[..., 1:])
+            x, conv, h = block.step(x, cache.conv[layer], cache.ssm[layer])
+            convs.append(conv)
             ssms.append(h)
         logits = self.lm_head(self.ln_final(x)).float()
         return logits, MambaCache(conv=torch.stack(convs), ssm=torch.stack(ssms), n_tokens=cache.n_tokens + 1)
