@@ -406,22 +406,55 @@ class HookedTransformer(HookedModel):
             logits = self.run_with_hooks(tokens, attention_mask, past_kv_cache=cache, fwd_hooks=hooks)
         return ResumeState(logits, resids, [layer for layer in cache.layers], cache.key_mask)
 
-    def forward_from(self, state: ResumeState, layer: int, pos: int, copies: int = 1) -> Tensor:
+    # Hooks after attention has mixed positions (or on the query side): within their block, a patch at
+    # position p changes position p only (keys/values, hence every later query, are computed before them).
+    POSITION_LOCAL: ClassVar[frozenset[str]] = frozenset(
+        {"attn.hook_q", "attn.hook_rot_q", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z"}
+        | {"hook_attn_out", "hook_resid_mid", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post"}
+        | {"hook_mlp_out", "hook_resid_post"}
+    )
+
+    def position_local(self, hook: str) -> bool:
+        """Whether a patch of `hook` at position p changes only position p of its own block (so
+        `forward_from(..., single=True)` may run that block on position p alone)."""
+        return hook.split(".", 2)[-1] in self.POSITION_LOCAL if hook.startswith("blocks.") else False
+
+    def forward_from(
+        self, state: ResumeState, layer: int, pos: int, copies: int = 1, single: bool = False
+    ) -> Tensor:
         """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`,
         position `pos`: blocks < layer do not run, positions < pos come from the recorded keys and
         values. Hooks of blocks >= layer fire with P - pos positions (like a KV-cached forward), on
-        `copies` repeats of the batch (copy-major, as `tokens.repeat(copies, 1)`)."""
+        `copies` repeats of the batch (copy-major, as `tokens.repeat(copies, 1)`).
+
+        single: block `layer` runs on position `pos` alone (its hooks fire with 1 position) and the
+        later positions of its output are the recorded ones; right for a patch of a `position_local`
+        hook, which changes nothing else in that block."""
         b, n, _ = state.resid[0].shape
         if not (0 <= layer < len(self.blocks) and 0 <= pos < n):
             raise ValueError(
-                f"cannot resume at layer {layer}, position {pos}: layers 0..{len(self.blocks) - 1}, positions 0..{n - 1}"
+                f"cannot resume at layer {layer}, position {pos}: layers 0..{len(self.blocks) - 1}, "
+                f"positions 0..{n - 1}"
             )
+        device = state.resid[0].device
         key_mask = None if state.key_mask is None else state.key_mask.repeat(copies, 1)
-        bias, rotary = self._bias_and_rotary(pos, n, key_mask, state.resid[0].device)
-        resid = state.resid[layer][:, pos:].repeat(copies, 1, 1)
-        for i in range(layer, len(self.blocks)):
-            past = [kv[:, :, :pos].repeat(copies, 1, 1, 1) for kv in state.kv[i]] if pos else None
-            resid = self.blocks[i](resid, bias, rotary, past)
+        past = lambda i, p: [kv[:, :, :p].repeat(copies, 1, 1, 1) for kv in state.kv[i]] if p else None
+        first = layer
+        resid = state.resid[layer][:, pos : pos + 1 if single else n].repeat(copies, 1, 1)
+        if single:
+            mask = None if key_mask is None else key_mask[:, : pos + 1]
+            bias, rotary = self._bias_and_rotary(pos, pos + 1, mask, device)
+            resid = self.blocks[layer](resid, bias, rotary, past(layer, pos))  # [K*B, 1, d_model]
+            rest = slice(pos + 1, n)
+            if layer == len(self.blocks) - 1:  # only position pos of the output changed
+                return torch.cat(
+                    [self.unembed(self.ln_final(resid)), state.logits[:, rest].repeat(copies, 1, 1)], 1
+                )
+            resid = torch.cat([resid, state.resid[layer + 1][:, rest].repeat(copies, 1, 1)], 1)
+            first = layer + 1
+        bias, rotary = self._bias_and_rotary(pos, n, key_mask, device)
+        for i in range(first, len(self.blocks)):
+            resid = self.blocks[i](resid, bias, rotary, past(i, pos))
         return self.unembed(self.ln_final(resid))
 
     def init_kv_cache(self) -> KVCache:

@@ -76,7 +76,7 @@ def activation_patching(
     values = torch.empty(len(specs), b)
     rest = list(range(len(specs)))
     if method == "reuse":
-        idx = [i for i in rest if start_of(specs[i], run.infos[specs[i].hook]) is not None]
+        idx = [i for i in rest if start_of(model, specs[i], run.infos[specs[i].hook]) is not None]
         if idx:
             sub = [specs[i] for i in idx]
             values[idx] = resumed(

@@ -11,6 +11,8 @@ model offers, not part of the hook contract:
                                                                        # the model needs to restart
     model.forward_from(state, layer, pos, copies=K) -> logits [K*B, P - pos, V]
         (runs blocks >= layer on positions >= pos; their hooks fire with P - pos positions)
+    model.position_local(hook) -> bool      (optional) a patch there at p changes only position p of
+    model.forward_from(..., single=True)    its block, which then runs on position p alone
 
 interp's transformer offers it (`HookedTransformer.forward_from`); for a model without it (a
 TransformerLens bridge, a user's module) `method="auto"` falls back to `"batched"`. Tested equal to the
@@ -34,11 +36,15 @@ def can_resume(model) -> bool:
     return callable(getattr(model, "forward_from", None)) and callable(getattr(model, "resume_state", None))
 
 
-def start_of(spec: PatchSpec, info: HookInfo) -> tuple[int, int] | None:
-    """(layer, position) the patched forward can start from; None when the hook has no layer."""
+def start_of(model, spec: PatchSpec, info: HookInfo) -> tuple[int, int, bool] | None:
+    """(layer, position, single) the patched forward can start from; None when the hook has no layer.
+    single: the patch changes only its own position within its block (`model.position_local`)."""
     if spec.layer is None:
         return None
-    return spec.layer, spec.pos if spec.pos is not None and info.pos is not None else 0
+    if spec.pos is None or info.pos is None:
+        return spec.layer, 0, False
+    local = getattr(model, "position_local", None)
+    return spec.layer, spec.pos, bool(local and local(spec.hook))
 
 
 @torch.no_grad()
@@ -61,25 +67,32 @@ def resumed(
     b, n = base.shape
     groups: dict[tuple[int, int], list[int]] = {}
     for i, spec in enumerate(specs):
-        groups.setdefault(start_of(spec, infos[spec.hook]), []).append(i)
+        groups.setdefault(start_of(model, spec, infos[spec.hook]), []).append(i)
     out = torch.empty(len(specs), b)
-    sliced: dict[tuple[str, int], Tensor] = {}  # one view per (hook, start): the patch hooks share it
-    for (layer, start), members in sorted(groups.items()):
+    sliced: dict[tuple, Tensor] = {}  # one view per (hook, start, single): the patch hooks share it
+    for (layer, start, single), members in sorted(groups.items()):
+        width = 1 if single else n - start  # positions the patched hook sees
         k_max = per_forward(n - start) if callable(per_forward) else per_forward
         for c in range(0, len(members), k_max):
             chunk = members[c : c + k_max]
             copies = []
             for i in chunk:
                 spec, info = specs[i], infos[specs[i].hook]
-                key = (spec.hook, start)
+                key = (spec.hook, start, single)
                 if key not in sliced:
                     src = source_cache[spec.hook]
-                    sliced[key] = src.narrow(info.pos, start, n - start) if info.pos is not None else src
+                    src = src.narrow(info.pos, start, width) if info.pos is not None else src
+                    key_pos = info.axis("key_pos")
+                    if single and key_pos is not None:  # a block run on one query sees keys 0..start
+                        src = src.narrow(key_pos, 0, start + 1)
+                    sliced[key] = src
                 shifted = replace(spec, pos=None if spec.pos is None else spec.pos - start)
                 copies.append([(shifted, sliced[key])])
             k = len(chunk)
             with model.hooks(fwd_hooks=list(patch_hooks(copies, b, infos).items())):
-                tail = model.forward_from(state, layer, start, copies=k)
+                tail = model.forward_from(
+                    state, layer, start, copies=k, **({"single": True} if single else {})
+                )
             logits = tail if not start else torch.cat([state.logits[:, :start].repeat(k, 1, 1), tail], 1)
             out[chunk] = metric(logits).view(k, b).float().cpu()
     return out
