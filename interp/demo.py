@@ -65,9 +65,25 @@ def run_demo(
         errors = "; ".join(f"{spec.label}: {error.splitlines()[0]}" for spec, error in sweep.failed)
         raise RuntimeError(f"demo runs failed: {errors}")
     experiment = get_experiment("sample-efficiency")
-    command = "interp demo" + (f" --steps {steps}" if steps is not None else "")
+    command = "interp demo" + "".join(
+        f" {flag} {value}"
+        for flag, value in [("--steps", steps), ("--archs", ",".join(archs or [])), ("--workers", workers)]
+        if value
+    )
     wall = time.perf_counter() - t0
-    report = write_report(experiment, "demo", sweep.records, out, out, command, sweep, wall)
+    description = _SCALE.description + (f"; --steps {steps}" if steps is not None else "")
+    report = write_report(
+        experiment,
+        "demo",
+        sweep.records,
+        out,
+        out,
+        command,
+        sweep,
+        wall,
+        runs_dir=out / "runs",
+        description=description,
+    )
     curves = report.summary.set_index("model")
     final = records_to_frame(sweep.records).pivot(index="model", columns="length", values="string_acc")
     lines = [

@@ -16,6 +16,7 @@ from interp.cli import main
 from interp.experiments import EXPERIMENTS, RunSpec, execute_run, get_experiment, reproduce, run_sweep
 from interp.experiments.capacity import converged
 from interp.experiments.copying import sample_efficiency_table
+from interp.experiments.report import markdown_summary
 from interp.experiments.runner import TRAINED
 from interp.experiments.spec import EvalSpec, summarize
 from interp.experiments.sweep import connect_ray, import_ray
@@ -243,14 +244,7 @@ def test_reproduce_smoke_preset_writes_csv_figure_and_report(name, tmp_path, cap
     assert (tmp_path / "runs" / "smoke" / name / "results.csv").is_file()
     experiment = get_experiment(name)
     summary = summarize(table, experiment.group_by, experiment.values)
-    first = summary.iloc[0]
-    value = experiment.values[0]
-    shown = (
-        f"{100 * first[value + '_mean']:.1f}" if value.endswith("_acc") else f"{first[value + '_mean']:.3g}"
-    )
-    assert (
-        f"| {' | '.join(str(first[c]) for c in experiment.group_by)} | {shown}" in report
-    )  # the table's numbers
+    assert markdown_summary(summary, experiment.group_by, experiment.values) in report  # the CSV's numbers
     assert f"interp reproduce {name} --scale smoke" in report and "commit" in report
     assert "runs finished now, 0 were finished before, 0 failed" in capsys.readouterr().out
 
@@ -291,3 +285,61 @@ def test_every_preset_builds_valid_runs_that_fit_the_context(scale):
             for ev in map(EvalSpec.from_dict, spec.evals):
                 longest = TaskConfig.from_dict({**spec.task, **ev.task}).sequence_length(max(ev.lengths))
                 assert n_ctx is None or longest <= n_ctx, (spec.label, longest, n_ctx)
+
+
+def test_seeds_option_keeps_every_distinct_run():
+    from interp.experiments.paper import with_seeds
+
+    for experiment in EXPERIMENTS.values():
+        specs = experiment.preset("cpu").runs()
+        seeds = sorted({s.seed for s in specs})
+        assert {s.run_id for s in with_seeds(specs, seeds)} == {s.run_id for s in specs}
+        assert len(with_seeds(specs, [7])) == len(specs) // len(seeds)
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "gpu"])
+def test_length_generalization_evaluates_the_sample_efficiency_models(scale):
+    lengths = {s.run_id for s in get_experiment("length-generalization").preset(scale).runs()}
+    assert lengths <= {s.run_id for s in get_experiment("sample-efficiency").preset(scale).runs()}
+
+
+def test_evaluations_from_an_older_evaluation_code_are_redone(tmp_path):
+    from interp.experiments.runner import eval_path, read_result
+
+    spec = tiny("lstm")
+    record = execute_run(spec, tmp_path)
+    path = eval_path(tmp_path / spec.run_id, EvalSpec.from_dict(spec.evals[0]))
+    stale = {k: v for k, v in json.loads(path.read_text()).items() if k != "schema"}
+    path.write_text(json.dumps(stale))
+    assert read_result(tmp_path, spec) is None  # not finished: the rows may lack columns added since
+    assert execute_run(spec, tmp_path)["evals"][0]["rows"] == record["evals"][0]["rows"]
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_its_run_only(tmp_path):
+    """SIGKILL one run's process (as the out-of-memory killer would): the others still finish."""
+    slow = RunSpec("test", "lstm slow", "lstm", {"d_model": 8, "n_layers": 1}, TASK,
+                   {**TRAIN, "steps": 100000, "checkpoint_every": 50, "eval_every": 50000}, 0, EVALS)  # fmt: skip
+    grid = [slow, tiny("transformer"), tiny("lstm")]
+    script = (
+        "import sys, json; from interp.experiments import RunSpec, run_sweep\n"
+        "if __name__ == '__main__':\n"
+        "    grid = [RunSpec.from_dict(d) for d in json.loads(sys.argv[1])]\n"
+        f"    r = run_sweep(grid, {str(tmp_path)!r}, workers=2, progress=False)\n"
+        "    print(json.dumps({'ran': r.ran, 'failed': [(s.run_id, e) for s, e in r.failed]}))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    grid_json = json.dumps([s.to_dict() for s in grid])
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, grid_json], env=env, stdout=subprocess.PIPE, text=True
+    )
+    lock = tmp_path / slow.run_id / ".lock"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (lock.is_file() and lock.read_text().strip()):
+        time.sleep(0.2)
+    os.kill(int(lock.read_text().split()[1]), 9)
+    out, _ = proc.communicate(timeout=300)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["ran"] == 2
+    assert [run_id for run_id, _ in result["failed"]] == [slow.run_id]
+    assert "process died (exit code -9" in result["failed"][0][1]

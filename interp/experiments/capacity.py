@@ -103,8 +103,8 @@ def capacity_notes(summary: pd.DataFrame) -> str:
     conv = summary.groupby("model")["converged_mean"].first()
     lines = [
         "`converged`: fraction of seeds whose last three held-out accuracies (the last 10-20% of training) "
-        "lie within 2 points; a model that had not converged may still be learning, so its capacity is a "
-        "lower bound.",
+        "lie within 2 points (a run stuck at 0% also counts; read it with the accuracy). A model that had "
+        "not converged may still be learning, so its measured capacity is a lower bound.",
         "Converged: " + ", ".join(f"{m} {v:.2f}" for m, v in conv.items()) + ".",
     ]
     longest = summary["length"].max()
@@ -117,4 +117,11 @@ def capacity_notes(summary: pd.DataFrame) -> str:
         )
         + "."
     )
+    string_bits, state_bits = summary["string_bits_mean"].max(), summary["state_bits_mean"].min()
+    if string_bits < state_bits:
+        lines.append(
+            f"The paper's bound cannot bind here: the longest string carries {string_bits:.0f} bits and the "
+            f"smallest state holds {state_bits:,.0f} (float32) bits. What limits these models is how much of "
+            "the state training learns to use (the decodable bits), not its size in bits."
+        )
     return "\n".join(lines)

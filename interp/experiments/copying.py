@@ -24,8 +24,12 @@ from interp.experiments.common import (
 from interp.experiments.spec import EvalSpec, RunSpec, metrics_frame, records_to_frame
 
 
-def sample_efficiency_grid(scale_name: str, families=None) -> list[RunSpec]:
-    """Every model on strings of 1..max_len, and (where the preset has it) four on longer strings."""
+def copy_model_runs(experiment: str, scale_name: str, evals_for, families=None, skip=()) -> list[RunSpec]:
+    """The copy models both copying experiments train (the same runs, so they are trained once).
+
+    Every model on strings of 1..max_len, and (where the preset has it) LONG_STRING_MODELS on longer
+    strings; `evals_for(max_len)` gives a setting's evaluations, `skip` labels to leave out.
+    """
     scale = SCALES[scale_name]
     settings = [(scale.max_len, families or [*(f"transformer {p}" for p in POSITIONAL), "mamba", "lstm"], {})]
     if scale.long_strings and families is None:
@@ -33,28 +37,34 @@ def sample_efficiency_grid(scale_name: str, families=None) -> list[RunSpec]:
         settings.append((long_len, LONG_STRING_MODELS, {"steps": long_steps}))
     runs = []
     for max_len, models, train in settings:
-        final = EvalSpec(lengths=sorted({2, max_len // 2, max_len}), examples=scale.eval_examples)
-        for label in models:
+        for label in (m for m in models if m not in skip):
             family, _, positional = label.partition(" ")
             extra = {"positional": positional} if positional else {}
+            task = copy_task(scale, max_len=max_len)
+            columns = {"max_len": max_len}
             for seed in scale.seeds:
-                task = copy_task(scale, max_len=max_len)
-                columns = {"max_len": max_len}
                 runs.append(
                     run_spec(
-                        "sample-efficiency",
+                        experiment,
                         scale_name,
                         label,
                         family,
                         task,
                         seed,
-                        [final],
+                        evals_for(max_len),
                         columns,
                         train,
                         **extra,
                     )
                 )
     return runs
+
+
+def sample_efficiency_grid(scale_name: str, families=None) -> list[RunSpec]:
+    """Learning curves come from training; the final evaluation (per length) is what `interp demo` prints."""
+    examples = SCALES[scale_name].eval_examples
+    evals = lambda max_len: [EvalSpec(lengths=sorted({2, max_len // 2, max_len}), examples=examples)]
+    return copy_model_runs("sample-efficiency", scale_name, evals, families)
 
 
 def sample_efficiency_table(records: list[dict]) -> pd.DataFrame:
@@ -68,6 +78,7 @@ def sample_efficiency_table(records: list[dict]) -> pd.DataFrame:
         for level in (50, 90):
             hit = run.loc[run["string_acc"] >= level / 100, "examples_seen"]
             row[f"examples_to_{level}"] = float(hit.iloc[0]) if len(hit) else math.nan
+        row["reached_90"] = float(not math.isnan(row["examples_to_90"]))
         row["examples_budget"] = float(run["examples_seen"].iloc[-1])
         rows.append(row)
     return pd.DataFrame(rows)
@@ -97,76 +108,46 @@ def sample_efficiency_notes(summary: pd.DataFrame) -> str:
     lines = [
         "`examples_to_90`: training examples seen when the held-out string accuracy (teacher-forced, strings "
         "of the training distribution, evaluated every `eval_every` steps) first reached 90%; the mean is "
-        "over the seeds that reached it, and n counts them (a model missing from a row never got there "
-        "within `examples_budget`)."
+        "over the seeds that reached it and n counts them (`reached_90`: the fraction of seeds that did; "
+        '"never": no seed within `examples_budget`). Ratios compare only models that reached 90% in every seed.'
     ]
     for max_len, part in summary.groupby("max_len", sort=False):
         lines.append(f"\nStrings of 1-{max_len} letters:")
-        reached = part.dropna(subset=["examples_to_90_mean"])
-        if len(reached):
-            best = reached.loc[reached["examples_to_90_mean"].idxmin()]
+        every = part[part["reached_90_mean"] == 1]
+        if len(every):
+            best = every.loc[every["examples_to_90_mean"].idxmin()]
             lines.append(f"- fastest to 90%: {best['model']} ({best['examples_to_90_mean']:,.0f} examples)")
-            for _, row in reached.iterrows():
+            for _, row in every.iterrows():
                 if row["model"] != best["model"]:
                     ratio = row["examples_to_90_mean"] / best["examples_to_90_mean"]
                     lines.append(f"- {row['model']}: {ratio:.1f}x as many examples")
-        never = part.loc[part["examples_to_90_mean"].isna(), "model"].tolist()
-        if never:
-            lines.append(f"- never reached 90% within the budget, in any seed: {', '.join(never)}")
+        for _, row in part[part["reached_90_mean"] < 1].iterrows():
+            lines.append(f"- {row['model']}: reached 90% in {row['reached_90_mean']:.0%} of the seeds")
     return "\n".join(lines)
-
-
-# ---- 2. length generalisation ---------------------------------------------------------------------
 
 
 def length_generalization_grid(scale_name: str) -> list[RunSpec]:
     """The sample-efficiency models (the same runs), evaluated greedily at 1x..8x their longest string."""
     scale = SCALES[scale_name]
-    settings = [(scale.max_len, [*(f"transformer {p}" for p in POSITIONAL), "mamba"], {})]
-    if scale.long_strings:
-        long_len, long_steps = scale.long_strings
-        settings.append((long_len, [m for m in LONG_STRING_MODELS if m != "lstm"], {"steps": long_steps}))
-    runs = []
-    for max_len, models, train in settings:
-        factors = {"smoke": (1, 2), "gpu": (1, 2, 4, 8, 20)}.get(scale_name, (1, 2, 4, 8))
-        evals = [
-            EvalSpec(lengths=[max_len * f for f in factors], mode="greedy", examples=scale.eval_examples)
-        ]
-        for label in models:
-            family, _, positional = label.partition(" ")
-            extra = {"positional": positional} if positional else {}
-            for seed in scale.seeds:
-                task = copy_task(scale, max_len=max_len)
-                columns = {"train_max_len": max_len}
-                runs.append(
-                    run_spec(
-                        "length-generalization",
-                        scale_name,
-                        label,
-                        family,
-                        task,
-                        seed,
-                        evals,
-                        columns,
-                        train,
-                        **extra,
-                    )
-                )
-    return runs
+    factors = {"smoke": (1, 2), "gpu": (1, 2, 4, 8, 20)}.get(scale_name, (1, 2, 4, 8))
+    evals = lambda max_len: [
+        EvalSpec(lengths=[max_len * f for f in factors], mode="greedy", examples=scale.eval_examples)
+    ]
+    return copy_model_runs("length-generalization", scale_name, evals, skip=("lstm",))
 
 
 def length_table(records: list[dict]) -> pd.DataFrame:
     df = records_to_frame(records)
-    df["length_factor"] = df["length"] / df["train_max_len"]
+    df["length_factor"] = df["length"] / df["max_len"]
     return df
 
 
 def length_figure(records: list[dict]) -> Figure:
     df = length_table(records)
-    settings = sorted(df["train_max_len"].unique())
+    settings = sorted(df["max_len"].unique())
     fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.2), squeeze=False)
     for ax, max_len in zip(axes[0], settings):
-        part = df[df["train_max_len"] == max_len]
+        part = df[df["max_len"] == max_len]
         seed_lineplot(part.assign(string_acc=part["string_acc"] * 100), "length", "string_acc", ax)
         ax.set_xscale("log", base=2)
         ax.axvline(max_len, color="grey", linestyle=":", label="longest training string")
@@ -190,7 +171,7 @@ def length_notes(summary: pd.DataFrame) -> str:
         "",
         "Greedy string accuracy at 2x and at the longest length, and first_error at 2x, per training length:",
     ]
-    for max_len, part in summary.groupby("train_max_len", sort=False):
+    for max_len, part in summary.groupby("max_len", sort=False):
         cells = []
         for model, rows in part.groupby("model", sort=False):
             rows = rows.set_index("length")

@@ -7,6 +7,7 @@ capacity.py.
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from interp.experiments import capacity, copying, lookup
@@ -37,7 +38,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             table=copying.sample_efficiency_table,
             figure=copying.sample_efficiency_figure,
             group_by=["max_len", "model"],
-            values=["examples_to_50", "examples_to_90", "final_string_acc", "examples_budget"],
+            values=["examples_to_50", "examples_to_90", "reached_90", "final_string_acc", "examples_budget"],
             notes=copying.sample_efficiency_notes,
         ),
         Experiment(
@@ -49,7 +50,7 @@ EXPERIMENTS: dict[str, Experiment] = {
             presets=_presets(copying.length_generalization_grid, {}),
             table=copying.length_table,
             figure=copying.length_figure,
-            group_by=["train_max_len", "model", "length"],
+            group_by=["max_len", "model", "length"],
             values=["string_acc", "char_acc", "first_error"],
             notes=copying.length_notes,
         ),
@@ -89,5 +90,5 @@ def get_experiment(name: str) -> Experiment:
 
 def with_seeds(specs: list[RunSpec], seeds: list[int]) -> list[RunSpec]:
     """The grid with other seeds (`--seeds`): every distinct run repeated for each seed."""
-    base = {s.run_id.rsplit("-seed", 1)[0]: s for s in specs}
-    return [replace(s, seed=seed) for s in base.values() for seed in seeds]
+    distinct = {json.dumps({**s.to_dict(), "seed": None}, sort_keys=True): s for s in specs}
+    return [replace(s, seed=seed) for s in distinct.values() for seed in seeds]

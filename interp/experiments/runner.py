@@ -4,9 +4,10 @@ A run folder is a normal `interp train` checkpoint folder (load it with `interp.
 `interp train --resume`) plus `trained.json` (the training record, written when training ended) and one
 `evals/<kind>-<hash>.json` per evaluation, each written atomically when it is complete. A run is
 finished when all of them exist, so a sweep killed at any moment redoes only what has no file. Runs are
-keyed by their training settings alone (`RunSpec.run_id`), so experiments that need the same trained
-model (sample efficiency and length generalisation train the same copy models) share one training and
-add only their own evaluations.
+keyed by their label and training settings, not their evaluations (`RunSpec.run_id`), so experiments
+that need the same trained model (sample efficiency and length generalisation train the same copy
+models) share one training and add only their own evaluations. An evaluation file written by an older
+version of the evaluation code (`EVAL_SCHEMA`) counts as missing and is redone.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ from pathlib import Path
 
 import torch
 
+from interp.experiments.provenance import git_commit
 from interp.experiments.spec import EvalSpec, RunSpec
 from interp.io import atomic_write_text, checkpoint_step
 from interp.models import HookedModel, build_model
 from interp.models.loading import load_checkpoint
 from interp.tasks import TaskConfig
 from interp.training import TrainConfig, train
+from interp.utils import resolve_device
 
 TRAINED = "trained.json"
+ERROR = "error.txt"
+EVAL_SCHEMA = 2  # bump when evaluation rows change (2: `first_error`), so older cached rows are redone
 
 
 def eval_path(folder: Path, ev: EvalSpec) -> Path:
@@ -49,7 +54,7 @@ def read_result(root: str | Path, spec: RunSpec) -> dict | None:
     if trained is None:
         return None
     evals = [_read_json(eval_path(folder, EvalSpec.from_dict(e))) for e in spec.evals]
-    if any(e is None for e in evals):
+    if any(e is None or e.get("schema") != EVAL_SCHEMA for e in evals):
         return None
     return {**trained, "spec": spec.to_dict(), "run_id": spec.run_id, "evals": evals}
 
@@ -86,8 +91,8 @@ def execute_run(
         torch.set_num_threads(threads)
     folder = Path(root) / spec.run_id
     task = TaskConfig.from_dict(spec.task)
-    if (folder / TRAINED).is_file():
-        model = load_checkpoint(folder)
+    if (folder / TRAINED).is_file():  # trained for another experiment or an earlier call: evaluate only
+        model = load_checkpoint(folder, resolve_device(spec.train.get("device", "auto")))
     else:
         cfg = TrainConfig.from_dict({**spec.train, "seed": spec.seed})
         torch.manual_seed(spec.seed)
@@ -107,20 +112,32 @@ def execute_run(
             "device": str(model.device),
             "torch_threads": torch.get_num_threads(),
             "host": platform.node(),
+            "commit": git_commit(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         atomic_write_text(folder / TRAINED, json.dumps(trained, indent=1))
     for ev in map(EvalSpec.from_dict, spec.evals):
         path = eval_path(folder, ev)
-        if path.is_file():
+        if (_read_json(path) or {}).get("schema") == EVAL_SCHEMA:
             continue
         t1 = time.perf_counter()
         rows = run_evaluation(model, task, ev, spec.seed)
         atomic_write_text(
             path,
-            json.dumps({"spec": ev.to_dict(), "rows": rows, "seconds": round(time.perf_counter() - t1, 2)}),
+            json.dumps(
+                {
+                    "schema": EVAL_SCHEMA,
+                    "spec": ev.to_dict(),
+                    "rows": rows,
+                    "seconds": round(time.perf_counter() - t1, 2),
+                    "commit": git_commit(),
+                }
+            ),
         )
-    return read_result(root, spec)
+    record = read_result(root, spec)
+    if record is None:
+        raise RuntimeError(f"{folder}: the run's records could not be read back after it finished")
+    return record
 
 
 def execute_run_safely(spec_dict: dict, root: str, threads: int | None = 1) -> dict:
@@ -130,4 +147,11 @@ def execute_run_safely(spec_dict: dict, root: str, threads: int | None = 1) -> d
     except KeyboardInterrupt:
         raise
     except BaseException as e:  # a failed run is reported, the sweep goes on
-        return {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
+        text = traceback.format_exc()
+        path = Path(root) / RunSpec.from_dict(spec_dict).run_id / ERROR
+        try:
+            atomic_write_text(path, text)
+            where = f" (traceback in {path})"
+        except OSError:
+            where = ""
+        return {"error": f"{type(e).__name__}: {e}{where}", "traceback": text}

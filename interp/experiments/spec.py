@@ -47,6 +47,8 @@ class EvalSpec(Config):
             raise ValueError(
                 f"evaluation lengths must be a non-empty list of lengths >= 1, got {self.lengths}"
             )
+        if self.mode not in ("teacher", "greedy"):
+            raise ValueError(f"unknown evaluation mode {self.mode!r}; allowed: teacher, greedy")
         if self.examples < 1:
             raise ValueError(f"evaluation examples must be >= 1, got {self.examples}")
         super().__post_init__()
@@ -74,8 +76,11 @@ class RunSpec(Config):
 
     def __post_init__(self):
         super().__post_init__()
-        for e in self.evals:
-            EvalSpec.from_dict(e)  # validate now, not after training
+        from interp.tasks import TaskConfig
+
+        for e in self.evals:  # validate now, not after training
+            ev = EvalSpec.from_dict(e)
+            TaskConfig.from_dict({**self.task, **ev.task})
 
     @property
     def run_id(self) -> str:

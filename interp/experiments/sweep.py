@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import socket
 import threading
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -62,9 +62,16 @@ def run_sweep(
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     ids = [s.run_id for s in specs]
-    if len(set(ids)) != len(ids):
-        raise ValueError("the grid holds the same run twice; give runs distinct labels, seeds or settings")
-    root = Path(root)
+    twice = sorted({i for i in ids if ids.count(i) > 1})
+    if twice:
+        raise ValueError(
+            f"the grid holds these runs twice: {', '.join(twice)}; give them distinct settings or seeds"
+        )
+    if address is not None and executor != "ray":
+        raise ValueError(
+            f"--address {address!r} is for the Ray executor; add --executor ray or leave --address out"
+        )
+    root = Path(root).resolve()  # Ray workers on other nodes do not share this process's working directory
     root.mkdir(parents=True, exist_ok=True)
     finished = {s.run_id: r for s in specs if (r := read_result(root, s)) is not None}
     todo = [s for s in specs if s.run_id not in finished]
@@ -89,7 +96,9 @@ def run_sweep(
                     "no CUDA GPU; run it where there are GPUs (--executor ray --address HOST:PORT for a cluster) "
                     "or use a smaller preset such as --scale cpu"
                 )
-            submit = _ray_executor(address, workers, gpu) if executor == "ray" else _local_executor(workers)
+            submit = (
+                _ray_executor(address, workers, gpu) if executor == "ray" else _local_executor(workers, gpu)
+            )
             submit(todo, str(root), on_done)
     finally:
         bar.close()
@@ -100,29 +109,63 @@ def run_sweep(
 Submit = Callable[[list[RunSpec], str, Callable[[RunSpec, dict], None]], None]
 
 
-def _local_executor(workers: int | None) -> Submit:
+def _local_executor(workers: int | None, gpu: bool) -> Submit:
+    """One fresh process per run (spawn: fork would copy this process's torch thread pool and locks), at
+    most `workers` at once (default: one per core, or one per GPU for GPU presets, each seeing only its
+    own GPU). A process that dies (killed, out of memory) fails its run only."""
+    devices = torch.cuda.device_count() if gpu else 0
+
     def submit(todo: list[RunSpec], root: str, on_done) -> None:
-        n = min(workers or os.cpu_count() or 1, len(todo))
-        # spawn: fresh interpreters (fork would copy this process's torch thread pool and locks)
-        pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
-        futures = {pool.submit(execute_run_safely, s.to_dict(), root, 1): s for s in todo}
+        ctx = multiprocessing.get_context("spawn")
+        queue, running = list(todo), {}  # sentinel -> (process, pipe, spec, slot)
+        slots = list(range(min(workers or devices or os.cpu_count() or 1, len(todo))))
         try:
             with _sigterm_as_interrupt():
-                pending = set(futures)
-                while pending:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in done:
-                        on_done(futures[fut], _outcome(fut.result))
+                while queue or running:
+                    while queue and slots:
+                        slot, spec = slots.pop(), queue.pop(0)
+                        receive, send = ctx.Pipe(duplex=False)
+                        gpu_index = slot % devices if devices else None
+                        proc = ctx.Process(target=_run_in_child, args=(spec.to_dict(), root, send, gpu_index))
+                        proc.start()
+                        send.close()
+                        running[proc.sentinel] = (proc, receive, spec, slot)
+                    for sentinel in multiprocessing.connection.wait(list(running)):
+                        proc, receive, spec, slot = running.pop(sentinel)
+                        message = receive.recv() if receive.poll() else None
+                        proc.join()
+                        receive.close()
+                        slots.append(slot)
+                        on_done(spec, _child_outcome(message, proc.exitcode, root, spec))
         except BaseException:
-            # runs in flight keep their last checkpoint; shutdown() forgets the workers, so list them first
-            in_flight = list((pool._processes or {}).values())
-            pool.shutdown(wait=False, cancel_futures=True)
-            for proc in in_flight:
+            for proc, *_ in running.values():  # runs in flight keep their last checkpoint
                 proc.terminate()
             raise
-        pool.shutdown()
 
     return submit
+
+
+def _run_in_child(spec_dict: dict, root: str, send, gpu_index: int | None) -> None:
+    if gpu_index is not None:  # before CUDA is first used: this run sees one GPU, as cuda:0
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_index)
+    outcome = execute_run_safely(spec_dict, root)
+    # the record is on disk; send only the outcome (a large message would block the exit the parent waits on)
+    send.send({"error": outcome["error"], "traceback": outcome["traceback"]} if "error" in outcome else {})
+    send.close()
+
+
+def _child_outcome(message: dict | None, exitcode: int | None, root: str, spec: RunSpec) -> dict:
+    if message is None:
+        return {
+            "error": f"the run's process died (exit code {exitcode}; -9 is a kill, e.g. out of memory)",
+            "traceback": "",
+        }
+    if "error" in message:
+        return message
+    record = read_result(root, spec)
+    if record is None:
+        return {"error": "the run's process ended without its records on disk", "traceback": ""}
+    return {"record": record}
 
 
 @contextlib.contextmanager
@@ -142,8 +185,8 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def _outcome(get: Callable[[], dict]) -> dict:
-    """The worker's outcome, or a failure if the worker process itself died (killed, out of memory)."""
+def _ray_outcome(get: Callable[[], dict]) -> dict:
+    """The task's outcome, or a failure if Ray lost the task or its worker process died."""
     try:
         return get()
     except Exception as e:
@@ -167,7 +210,7 @@ def _ray_executor(address: str | None, workers: int | None, gpu: bool) -> Submit
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
                 for ref in done:
-                    on_done(refs[ref], _outcome(lambda ref=ref: ray.get(ref)))
+                    on_done(refs[ref], _ray_outcome(lambda ref=ref: ray.get(ref)))
         except BaseException:
             for ref in pending:
                 ray.cancel(ref, force=True)
