@@ -32,7 +32,13 @@ from interp.utils import resolve_device
 
 TRAINED = "trained.json"
 ERROR = "error.txt"
-EVAL_SCHEMA = 2  # bump when evaluation rows change (2: `first_error`), so older cached rows are redone
+# version of each evaluation's rows; bump it when they change, so older cached rows are redone
+# (files without one are version 1; accuracy 2: `first_error`)
+EVAL_SCHEMA = {"accuracy": 2, "saturation": 1}
+
+
+def _current(evaluation: dict | None, kind: str) -> bool:
+    return evaluation is not None and evaluation.get("schema", 1) == EVAL_SCHEMA[kind]
 
 
 def eval_path(folder: Path, ev: EvalSpec) -> Path:
@@ -54,7 +60,7 @@ def read_result(root: str | Path, spec: RunSpec) -> dict | None:
     if trained is None:
         return None
     evals = [_read_json(eval_path(folder, EvalSpec.from_dict(e))) for e in spec.evals]
-    if any(e is None or e.get("schema") != EVAL_SCHEMA for e in evals):
+    if not all(_current(e, spec_e["kind"]) for e, spec_e in zip(evals, spec.evals)):
         return None
     return {**trained, "spec": spec.to_dict(), "run_id": spec.run_id, "evals": evals}
 
@@ -118,7 +124,7 @@ def execute_run(
         atomic_write_text(folder / TRAINED, json.dumps(trained, indent=1))
     for ev in map(EvalSpec.from_dict, spec.evals):
         path = eval_path(folder, ev)
-        if (_read_json(path) or {}).get("schema") == EVAL_SCHEMA:
+        if _current(_read_json(path), ev.kind):
             continue
         t1 = time.perf_counter()
         rows = run_evaluation(model, task, ev, spec.seed)
@@ -126,7 +132,7 @@ def execute_run(
             path,
             json.dumps(
                 {
-                    "schema": EVAL_SCHEMA,
+                    "schema": EVAL_SCHEMA[ev.kind],
                     "spec": ev.to_dict(),
                     "rows": rows,
                     "seconds": round(time.perf_counter() - t1, 2),
