@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from interp.analysis.patching.memory import budget_bytes, bytes_per_copy, copies_per_forward
 from interp.analysis.patching.metrics import Metric
 from interp.analysis.patching.reuse import can_resume, resumed, start_of
 from interp.analysis.patching.spec import PatchSpec, patch_specs
@@ -40,6 +41,7 @@ def activation_patching(
     max_batch: int = 1024,
     axes: dict[str, str] | None = None,
     attention_mask: Tensor | None = None,
+    max_memory: int | str | None = None,
 ) -> pd.DataFrame:
     """Patch each spec in turn and measure the metric.
 
@@ -52,6 +54,10 @@ def activation_patching(
     axes: {hook or template: axes} for hooks whose axes the model does not declare
     (`interp.hooks.declare_axes`). attention_mask [B, P] (1 = token, 0 = padding), shared by the clean
     and corrupted tokens, is passed to every forward (models whose forward takes one).
+    max_memory: bytes (or "512MiB", "2GB") the patched copies of one forward may use; the copies per
+    forward are the fewest of max_batch // B and what fits (`patching.memory`: from the activation
+    sizes of one forward; default half the free RAM / GPU memory). Too small for one patch: an error
+    saying how much one patch needs.
     Returns one row per spec: layer, component, hook, pos, head, channels, label, metric, effect, and
     error bars over examples (effect_se, effect_lo, effect_hi, distinct; `patching.stats`);
     `df.attrs` holds clean_metric, corrupt_metric, mode, per_example_effect [S, B] and patch_semantics
@@ -61,8 +67,10 @@ def activation_patching(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     run = prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_mask)
-    b = run.base.shape[0]
-    per_forward = max(1, max_batch // b)
+    b, n = run.base.shape
+    per_copy = bytes_per_copy(model, run.base, masked(attention_mask))
+    budget = budget_bytes(max_memory, run.base.device)
+    per_forward = copies_per_forward(per_copy, budget, max(1, max_batch // b))
     if method == "auto":
         method = "reuse" if can_resume(model) else "batched"
     if method == "reuse" and not can_resume(model):
@@ -79,15 +87,17 @@ def activation_patching(
         idx = [i for i in rest if start_of(model, specs[i], run.infos[specs[i].hook]) is not None]
         if idx:
             sub = [specs[i] for i in idx]
+            # a pass over the last w positions needs about w / n of a full copy's activations
+            fits = lambda w: copies_per_forward(per_copy * w // n, budget, max(1, max_batch // b))  # noqa: E731
             values[idx] = resumed(
-                model, run.base, sub, run.source_cache, metric, run.infos, per_forward, attention_mask
+                model, run.base, sub, run.source_cache, metric, run.infos, fits, attention_mask
             )
         done = set(idx)
         rest = [i for i in rest if i not in done]
     if rest:
         copies = [[(specs[i], run.source_cache[specs[i].hook])] for i in rest]
         values[rest] = (
-            batched(model, run.base, copies, metric, max_batch, run.infos, attention_mask).float().cpu()
+            batched(model, run.base, copies, metric, per_forward * b, run.infos, attention_mask).float().cpu()
         )
     return frame(specs, values, run)
 
@@ -107,6 +117,7 @@ def patch_grid(
     method: str = "auto",
     axes: dict[str, str] | None = None,
     attention_mask: Tensor | None = None,
+    max_memory: int | str | None = None,
 ) -> pd.DataFrame:
     """`patch_specs` + `activation_patching`: e.g. layer x position on the residual stream
     (`component="resid_pre", positions=True`), layer x head (`"z", heads=True`), layer x head x
@@ -139,6 +150,7 @@ def patch_grid(
         mode=mode,
         method=method,
         attention_mask=attention_mask,
+        max_memory=max_memory,
     )
 
 
