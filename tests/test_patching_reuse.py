@@ -132,3 +132,28 @@ def test_auto_falls_back_without_the_capability(models, monkeypatch):
         activation_patching(*args, method="reuse")
     with pytest.raises(ValueError, match="unknown method"):
         activation_patching(*args, method="fast")
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_lstm_reuse_equals_loop(padded):
+    """LSTM: restart each layer at p from its recorded (h, c) after p - 1; state x position grids."""
+    torch.manual_seed(2)
+    model = build_model("lstm", d_vocab=TASK.vocab.size, d_model=16, n_layers=2).eval().double()
+    for p in model.parameters():
+        p.data.mul_(6)
+    clean, corrupt = paired_batches(TASK, 3, 5)
+    metric = make_metric("logit_diff", clean, corrupt)
+    c_tok, x_tok, attn = clean.tokens, corrupt.tokens, None
+    if padded:
+        answers, wrong = clean.tokens.roll(-1, 1), corrupt.tokens.roll(-1, 1)
+        (c_tok, mask, ans, wr), attn = left_pad(clean.tokens, clean.score_mask, answers, wrong, [0, 1, 4])
+        (x_tok, *_), _ = left_pad(corrupt.tokens, clean.score_mask, answers, wrong, [0, 1, 4])
+        metric = Metric("logit_diff", ans, mask.bool(), wr)
+    n = c_tok.shape[1]
+    specs = [s for c in ("hidden", "cell") for s in patch_specs(model, c, positions=True, n_pos=n)]
+    specs += patch_specs(model, "hidden")  # every position at once: starts at 0
+    args = (model, c_tok, x_tok, metric, specs)
+    reuse = activation_patching(*args, mode="noise", method="reuse", attention_mask=attn)
+    loop = activation_patching(*args, mode="noise", method="loop", attention_mask=attn)
+    assert_same(reuse, loop, torch.float64)
+    assert reuse.metric.std() > 0

@@ -33,20 +33,21 @@ def lstm_reference(
     h_edit: Tensor | None = None,
     c_edit: Tensor | None = None,
     mask: Tensor | None = None,
+    init: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One-layer LSTM as a plain loop. x: [B, P, D_in] -> hidden, cell: [B, P, D].
 
     h_edit / c_edit ([B, P, D], NaN where not edited) replace the state at the edited entries: an
     edited c_t also feeds h_t = o_t * tanh(c_t), so the edit shows in the output at t and after.
     mask [B, P] (bool, True = token): at padding positions the state is held unchanged.
+    init: the state (h, c) [B, D] each before the first position (default zeros).
     """
     b, p, _ = x.shape
     d = lstm.hidden_size
     w_ih, w_hh = lstm.weight_ih_l0, lstm.weight_hh_l0
     bias = lstm.bias_ih_l0 + lstm.bias_hh_l0
     gates_x = x @ w_ih.T + bias  # [B, P, 4D], input part of every step at once
-    h = x.new_zeros(b, d)
-    c = x.new_zeros(b, d)
+    h, c = init if init is not None else (x.new_zeros(b, d), x.new_zeros(b, d))
     hs, cs = [], []
     for t in range(p):
         i, f, g, o = (gates_x[:, t] + h @ w_hh.T).chunk(4, dim=-1)  # PyTorch's gate order
@@ -76,19 +77,29 @@ class LSTMLayer(nn.Module):
             "batch pos d_model", state=True, patch="recurrence"
         )  # [batch, pos, d_model], c_t after each position
 
-    def forward(self, x: Tensor, state_out: list | None = None, mask: Tensor | None = None) -> Tensor:
-        """x [B, P, D] -> h [B, P, D]. state_out: append the final (h, c), each [B, D]. mask [B, P] bool."""
+    def forward(
+        self,
+        x: Tensor,
+        state_out: list | None = None,
+        mask: Tensor | None = None,
+        init: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """x [B, P, D] -> h [B, P, D]. state_out: append the final (h, c), each [B, D]. mask [B, P] bool.
+        init: the state (h, c) [B, D] each before x's first position (default zeros)."""
         if mask is None and not (self.hook_hidden.active or self.hook_cell.active):
-            out, (h_n, c_n) = self.lstm(x)  # fast path: nobody looks at the per-position state
+            hx = None if init is None else (init[0][None].contiguous(), init[1][None].contiguous())
+            out, (h_n, c_n) = self.lstm(x, hx)  # fast path: nobody looks at the per-position state
             if state_out is not None:
                 state_out.append((h_n[0], c_n[0]))
             return out
-        h, c = lstm_reference(x, self.lstm, mask=mask)
+        h, c = lstm_reference(x, self.lstm, mask=mask, init=init)
         h_new, c_new = self.hook_hidden(h), self.hook_cell(c)
         if not (h_new is h and c_new is c):
             # A hook edited the state: replay the recurrence from the edits on.
             edit = lambda new, old: torch.where(new != old, new, torch.full_like(new, float("nan")))
-            h, c = lstm_reference(x, self.lstm, h_edit=edit(h_new, h), c_edit=edit(c_new, c), mask=mask)
+            h, c = lstm_reference(
+                x, self.lstm, h_edit=edit(h_new, h), c_edit=edit(c_new, c), mask=mask, init=init
+            )
         if state_out is not None:
             state_out.append((h[:, -1], c[:, -1]))
         return h
@@ -98,6 +109,16 @@ class LSTMLayer(nn.Module):
         h, c = state
         out, (h_n, c_n) = self.lstm(x[:, None], (h[None], c[None]))
         return out[:, 0], (h_n[0], c_n[0])
+
+
+@dataclass
+class LSTMResume:
+    """What `HookedLSTM.forward_from` restarts from: one recorded forward of B sequences."""
+
+    logits: Tensor  # [B, P, d_vocab]
+    embed: Tensor  # [B, P, d_model], the first layer's input
+    layers: list[tuple[Tensor, Tensor]]  # per layer (h, c) at every position, each [B, P, d_model]
+    mask: Tensor | None  # [B, P] True = token; None: no padding
 
 
 @dataclass
@@ -164,6 +185,40 @@ class HookedLSTM(HookedModel):
         if logits_to_keep:
             x = x[:, -logits_to_keep:]
         return self.unembed(self.ln_final(x)), states
+
+    # Resuming a forward (the capability `interp.analysis.patching.reuse` asks for): a patch at layer l,
+    # position p cannot change layers < l or positions < p, so the patched forward restarts layer l at
+    # p from the recorded state (h, c) after p - 1, and every later layer likewise from its own.
+    def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> LSTMResume:
+        """One forward of tokens [B, P] recording what `forward_from` restarts from."""
+        names = ["hook_embed"] + [
+            f"blocks.{i}.hook_{s}" for i in range(len(self.blocks)) for s in ("hidden", "cell")
+        ]
+        with torch.no_grad():
+            logits, cache = self.run_with_cache(tokens, attention_mask, names_filter=names)
+        mask = None if attention_mask is None else attention_mask.bool()
+        layers = [
+            (cache[f"blocks.{i}.hook_hidden"], cache[f"blocks.{i}.hook_cell"])
+            for i in range(len(self.blocks))
+        ]
+        return LSTMResume(logits, cache["hook_embed"], layers, mask)
+
+    def forward_from(self, state: LSTMResume, layer: int, pos: int, copies: int = 1) -> Tensor:
+        """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at layer `layer`, position
+        `pos`; hooks of layers >= layer fire with P - pos positions, on `copies` repeats of the batch."""
+        b, n, _ = state.embed.shape
+        if not (0 <= layer < len(self.blocks) and 0 <= pos < n):
+            raise ValueError(
+                f"cannot resume at layer {layer}, position {pos}: layers 0..{len(self.blocks) - 1}, positions 0..{n - 1}"
+            )
+        rep = lambda t: t.repeat(copies, *[1] * (t.ndim - 1))  # noqa: E731
+        x = rep((state.embed if layer == 0 else state.layers[layer - 1][0])[:, pos:])
+        mask = None if state.mask is None else rep(state.mask[:, pos:])
+        for i in range(layer, len(self.blocks)):
+            h, c = state.layers[i]
+            init = (rep(h[:, pos - 1]), rep(c[:, pos - 1])) if pos else None
+            x = self.blocks[i](x, mask=mask, init=init)
+        return self.unembed(self.ln_final(x))
 
     # ---- incremental decoding ---------------------------------------------------------------
     def prefill(self, prompt: Tensor, attention_mask: Tensor | None = None) -> tuple[Tensor, LSTMState]:
