@@ -35,12 +35,12 @@ def test_intervals_cover_the_mean_and_mark_the_planted_head(result):
     df = activation_patching(model, clean.tokens, corrupt.tokens, metric, specs, mode="noise")
     per = df.attrs["per_example_effect"]
     assert per.shape == (len(specs), 6)
-    np.testing.assert_allclose(per.mean(1), df.effect, atol=1e-9)  # the per-example unit is the mean gap
-    np.testing.assert_allclose(df.effect_se, per.std(1, ddof=1) / np.sqrt(6), atol=1e-9)
-    assert (df.effect_lo <= df.effect + 1e-9).all() and (df.effect <= df.effect_hi + 1e-9).all()
+    np.testing.assert_allclose(per.mean(1), df.effect, atol=1e-6)  # the per-example unit is the mean gap
+    np.testing.assert_allclose(df.effect_se, per.std(1, ddof=1) / np.sqrt(6), atol=1e-7)
+    assert (df.effect_lo <= df.effect + 1e-6).all() and (df.effect <= df.effect_hi + 1e-6).all()
     planted = df[df.label == "L1 attn.hook_z H4"].iloc[0]
     assert planted.distinct and planted.effect_lo > 0.5
-    assert not df[df.effect.abs() < 1e-9].distinct.any()  # a patch that changes nothing is not distinct
+    assert not df[df.effect.abs() < 1e-6].distinct.any()  # a patch that changes nothing is not distinct
     loop = activation_patching(
         model, clean.tokens, corrupt.tokens, metric, specs, mode="noise", method="loop"
     )

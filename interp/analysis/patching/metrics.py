@@ -58,6 +58,10 @@ class Metric:
                 )
 
     def __call__(self, logits: Tensor) -> Tensor:
+        return self.per_position(logits).sum(1)  # [K * B]
+
+    def per_position(self, logits: Tensor) -> Tensor:
+        """Each position's share of the metric, [K * B, P]: the metric is its sum over positions."""
         b = self.answers.shape[0]
         if logits.shape[0] % b or logits.shape[1] != self.answers.shape[1]:
             raise ValueError(
@@ -77,7 +81,7 @@ class Metric:
         else:
             value = (logits.argmax(-1) == answers)[..., None].float()
         value = value[..., 0] * mask
-        return value.sum(1) / mask.sum(1).clamp(min=1)  # [K * B]
+        return value / mask.sum(1, keepdim=True).clamp(min=1)  # [K * B, P]
 
 
 def make_metric(kind: str, clean: Batch, corrupt: Batch | None = None) -> Metric:

@@ -27,6 +27,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from interp.analysis.patching.metrics import Metric
 from interp.analysis.patching.spec import PatchSpec
 from interp.hooks import HookInfo
 
@@ -65,10 +66,18 @@ def resumed(
 
     state = model.resume_state(base, attention_mask)
     b, n = base.shape
-    groups: dict[tuple[int, int], list[int]] = {}
+    groups: dict[tuple[int, int, bool], list[int]] = {}
+    packed: dict[tuple, list[int]] = {}  # (hook, head, channels) -> specs at its positions, one copy
+    last = len(getattr(model, "blocks", [])) - 1
     for i, spec in enumerate(specs):
-        groups.setdefault(start_of(model, spec, infos[spec.hook]), []).append(i)
+        start = start_of(model, spec, infos[spec.hook])
+        if isinstance(metric, Metric) and start[2] and start[0] == last:
+            packed.setdefault((spec.hook, spec.head, spec.channels), []).append(i)
+        else:
+            groups.setdefault(start, []).append(i)
     out = torch.empty(len(specs), b)
+    if packed:
+        _packed(model, state, specs, list(packed.values()), source_cache, metric, infos, per_forward, out)
     sliced: dict[tuple, Tensor] = {}  # one view per (hook, start, single): the patch hooks share it
     for (layer, start, single), members in sorted(groups.items()):
         width = 1 if single else n - start  # positions the patched hook sees
@@ -96,3 +105,28 @@ def resumed(
             logits = tail if not start else torch.cat([state.logits[:, :start].repeat(k, 1, 1), tail], 1)
             out[chunk] = metric(logits).view(k, b).float().cpu()
     return out
+
+
+def _packed(model, state, specs, packs, source_cache, metric, infos, per_forward, out) -> None:
+    """Position-local patches in the last block change only their own position's logits, so one copy
+    can hold a component's patches at every position, and a metric that is a sum over positions
+    (`Metric.per_position`) gives each patch's value: base total - base share at p + patched share at p.
+    Fills out[i] [B] for every spec of `packs` (lists of spec indices, one copy each)."""
+    from interp.analysis.patching.activation import patch_hooks  # noqa: PLC0415
+
+    b, n = state.logits.shape[:2]
+    base_pp = metric.per_position(state.logits).float().cpu()  # [B, P]
+    base_total = base_pp.sum(1)
+    layer = len(model.blocks) - 1
+    k_max = per_forward(n) if callable(per_forward) else per_forward
+    for c in range(0, len(packs), k_max):
+        chunk = packs[c : c + k_max]
+        copies = [[(specs[i], source_cache[specs[i].hook]) for i in pack] for pack in chunk]
+        k = len(chunk)
+        with model.hooks(fwd_hooks=list(patch_hooks(copies, b, infos).items())):
+            logits = model.forward_from(state, layer, 0, copies=k)
+        patched_pp = metric.per_position(logits).float().cpu().view(k, b, n)
+        for j, pack in enumerate(chunk):
+            for i in pack:
+                p = specs[i].pos
+                out[i] = base_total - base_pp[:, p] + patched_pp[j, :, p]
