@@ -18,9 +18,13 @@ component moves the metric all the way" in both modes:
 
 A patch is described as data, `PatchSpec(hook, pos=None, head=None, channels=None)`; grids of specs
 (layer x position, layer x head, layer x head x position, Mamba state channel groups) come from
-`patch_specs`. `activation_patching` runs many patches per forward: it repeats the base batch K times
-and patches a different component in each copy (`method="batched"`); `method="loop"` is the plain
-reference with one forward per patch. Both give the same numbers (tested to 1e-5).
+`patch_specs`. `activation_patching` never recomputes what a patch cannot change where the model offers
+it (`method="reuse"`, `patching.reuse`: a patch at layer l, position p restarts the forward there from
+one recorded base forward); otherwise it repeats the base batch K times and patches a different
+component in each copy (`method="batched"`); `method="loop"` is the plain reference with one forward
+per patch. All give the same numbers (tested to 1e-5). The copies per forward come from the activation
+sizes and `max_memory=` (`patching.memory`). Every result keeps per-example effects with a standard
+error and a bootstrap interval over examples (`patching.stats`).
 
 Which axis of an activation is the position, the head or the channel comes from the hook's declared
 axes (`interp.hooks`: declared by interp's models, TransformerLens's standard names for a bridge or a
