@@ -337,6 +337,7 @@ def test_a_killed_worker_fails_its_run_only(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (lock.is_file() and lock.read_text().strip()):
         time.sleep(0.2)
+    assert lock.is_file(), "the slow run never started"
     os.kill(int(lock.read_text().split()[1]), 9)
     out, _ = proc.communicate(timeout=300)
     result = json.loads(out.strip().splitlines()[-1])

@@ -140,6 +140,8 @@ def _local_executor(workers: int | None, gpu: bool) -> Submit:
         except BaseException:
             for proc, *_ in running.values():  # runs in flight keep their last checkpoint
                 proc.terminate()
+            for proc, *_ in running.values():
+                proc.join(timeout=30)
             raise
 
     return submit

@@ -63,6 +63,10 @@ def parse_layers(spec: str | list[str]) -> list[str]:
 
 @dataclass
 class HybridConfig(Config):
+    zero_ok: ClassVar[frozenset[str]] = frozenset(
+        {"hard_alibi_heads"}
+    )  # 0: no Hard-ALiBi heads, as in TransformerConfig
+
     d_vocab: int = 30  # tokens; 26 letters + 4 symbols for the paper's tasks
     d_model: int = 128
     layers: list[str] = field(default_factory=lambda: ["mamba", "attn"])  # one kind per layer (LAYER_KINDS)

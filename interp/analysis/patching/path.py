@@ -77,7 +77,9 @@ def path_patching(
         k = len(chunk)
         fwd_hooks = []
         for layer, name in enumerate(z_hooks):
-            sender_mask = torch.zeros(k, 1, 1, cfg.n_heads, 1, dtype=torch.bool)
+            sender_mask = torch.zeros(
+                k, 1, 1, cfg.n_heads, 1, dtype=torch.bool, device=base_cache[name].device
+            )
             for i, (sl, sh) in enumerate(chunk):
                 sender_mask[i, 0, 0, sh, 0] = sl == layer
             frozen = _frozen_z_hook(sender_mask, source_cache.get(name), base_cache[name], k, b)
