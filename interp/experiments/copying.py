@@ -12,6 +12,7 @@ import math
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from interp.experiments.common import (
     LONG_STRING_MODELS,
@@ -92,6 +93,7 @@ def sample_efficiency_figure(records: list[dict]) -> Figure:
         part = curves[curves["max_len"] == max_len]
         seed_lineplot(part.assign(string_acc=part["string_acc"] * 100), "examples_seen", "string_acc", ax)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on a short range
         ax.set(
             xlabel="training examples seen (log scale)",
             ylabel="held-out string accuracy (%)",
