@@ -103,7 +103,7 @@ def write_report(
 | code of this report | {git_commit()} |
 | machine | {machine()} |
 | threads per run | {", ".join(sorted({str(r.get("torch_threads")) for r in records}))} |
-| this call | {sweep.ran} runs finished in {wall_seconds / 60:.1f} min; {sweep.skipped} were finished before (shared with other experiments or an earlier call) |
+| this call | completed {sweep.ran} runs (the training or evaluations they lacked) in {wall_seconds / 60:.1f} min; {sweep.skipped} were complete already (an earlier call, or shared with another experiment) |
 | run time, all runs | {run_seconds / 60:.1f} min (training + evaluation, summed over runs) |
 | generated | {time.strftime("%Y-%m-%d %H:%M %Z")} |
 
