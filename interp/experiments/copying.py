@@ -12,7 +12,7 @@ import math
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from interp.experiments.common import (
     LONG_STRING_MODELS,
@@ -85,25 +85,32 @@ def sample_efficiency_table(records: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def sample_efficiency_figure(records: list[dict]) -> Figure:
-    curves = metrics_frame(records)
-    settings = sorted(curves["max_len"].unique())
+def _panels_per_training_length(df: pd.DataFrame, x: str, style, title: str) -> Figure:
+    """One panel of accuracy (%) vs `x` per training length (`max_len`); `style(ax, max_len, part)` sets
+    the panel's axes (scale, labels, title) from its rows `part`."""
+    settings = sorted(df["max_len"].unique())
     fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.2), squeeze=False)
     for ax, max_len in zip(axes[0], settings):
-        part = curves[curves["max_len"] == max_len]
-        seed_lineplot(part.assign(string_acc=part["string_acc"] * 100), "examples_seen", "string_acc", ax)
-        ax.set_xscale("log")
-        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on a short range
-        ax.set(
-            xlabel="training examples seen (log scale)",
-            ylabel="held-out string accuracy (%)",
-            ylim=(-3, 103),
-            title=f"strings of 1-{max_len} letters",
-        )
+        part = df[df["max_len"] == max_len]
+        seed_lineplot(part.assign(string_acc=part["string_acc"] * 100), x, "string_acc", ax)
+        style(ax, max_len, part)
+        ax.set_ylim(-3, 103)
         ax.legend(fontsize=8)
-    fig.suptitle("copy: accuracy vs examples seen (mean ± sd over seeds)")
+    fig.suptitle(f"{title} (mean ± sd over seeds)")
     fig.tight_layout()
     return fig
+
+
+def sample_efficiency_figure(records: list[dict]) -> Figure:
+    def style(ax, max_len, part):
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks overlap on a short range
+        ax.set(xlabel="training examples seen (log scale)", ylabel="held-out string accuracy (%)")
+        ax.set_title(f"strings of 1-{max_len} letters")
+
+    return _panels_per_training_length(
+        metrics_frame(records), "examples_seen", style, "copy: accuracy vs examples seen"
+    )
 
 
 def sample_efficiency_notes(summary: pd.DataFrame) -> str:
@@ -145,24 +152,15 @@ def length_table(records: list[dict]) -> pd.DataFrame:
 
 
 def length_figure(records: list[dict]) -> Figure:
-    df = length_table(records)
-    settings = sorted(df["max_len"].unique())
-    fig, axes = plt.subplots(1, len(settings), figsize=(6.5 * len(settings), 4.2), squeeze=False)
-    for ax, max_len in zip(axes[0], settings):
-        part = df[df["max_len"] == max_len]
-        seed_lineplot(part.assign(string_acc=part["string_acc"] * 100), "length", "string_acc", ax)
+    def style(ax, max_len, part):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted(part["length"].unique()))  # the evaluated lengths, not powers of 2
+        ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.axvline(max_len, color="grey", linestyle=":", label="longest training string")
-        ax.set(
-            xlabel="string length (characters, log scale)",
-            ylabel="greedy string accuracy (%)",
-            ylim=(-3, 103),
-            title=f"trained on strings of 1-{max_len} letters",
-        )
-        ax.legend(fontsize=8)
-    fig.suptitle("copy: length generalisation (mean ± sd over seeds)")
-    fig.tight_layout()
-    return fig
+        ax.set(xlabel="string length (characters, log scale)", ylabel="greedy string accuracy (%)")
+        ax.set_title(f"trained on strings of 1-{max_len} letters")
+
+    return _panels_per_training_length(length_table(records), "length", style, "copy: length generalisation")
 
 
 def length_notes(summary: pd.DataFrame) -> str:
