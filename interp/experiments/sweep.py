@@ -132,7 +132,7 @@ def _local_executor(workers: int | None, gpu: bool) -> Submit:
                         running[proc.sentinel] = (proc, receive, spec, slot)
                     for sentinel in multiprocessing.connection.wait(list(running)):
                         proc, receive, spec, slot = running.pop(sentinel)
-                        message = receive.recv() if receive.poll() else None
+                        message = _receive(receive)
                         proc.join()
                         receive.close()
                         slots.append(slot)
@@ -145,6 +145,14 @@ def _local_executor(workers: int | None, gpu: bool) -> Submit:
             raise
 
     return submit
+
+
+def _receive(pipe) -> dict | None:
+    """The child's outcome, or None if it died before sending one (a dead child's pipe reads as EOF)."""
+    try:
+        return pipe.recv() if pipe.poll() else None
+    except EOFError:
+        return None
 
 
 def _run_in_child(spec_dict: dict, root: str, send, gpu_index: int | None) -> None:
