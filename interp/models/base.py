@@ -131,6 +131,14 @@ class HookedModel(HookedRootModule):
             )
 
     @staticmethod
+    def check_attention_mask(tokens: Tensor, attention_mask: Tensor | None) -> None:
+        """attention_mask [B, P] (1 = token, 0 = padding) must have the tokens' shape."""
+        if attention_mask is not None and tuple(attention_mask.shape) != tuple(tokens.shape):
+            raise ValueError(
+                f"attention_mask must have the tokens' shape {tuple(tokens.shape)}, got {tuple(attention_mask.shape)}"
+            )
+
+    @staticmethod
     def check_logits_to_keep(n: int) -> None:
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"logits_to_keep must be an int >= 0 (0 = every position), got {n!r}")

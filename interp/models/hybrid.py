@@ -299,11 +299,8 @@ class HookedHybrid(HookedModel):
         if p > self.cfg.n_ctx:
             raise ValueError(f"{p} tokens exceed the model's context n_ctx={self.cfg.n_ctx}")
         mask = key_mask = None
+        self.check_attention_mask(tokens, attention_mask)
         if attention_mask is not None:
-            if tuple(attention_mask.shape) != (b, p):
-                raise ValueError(
-                    f"attention_mask must have the tokens' shape {(b, p)}, got {tuple(attention_mask.shape)}"
-                )
             mask, key_mask = attention_mask.to(self.embed.weight.dtype), attention_mask.bool()
         kv = KVCache(layers=[[] for _ in self.cfg.layers]) if return_cache else None
         bias, rotary = self._attention_inputs(b, p, key_mask, kv, tokens.device)

@@ -170,12 +170,8 @@ class HookedLSTM(HookedModel):
         self.check_tokens(tokens)
         self.check_logits_to_keep(logits_to_keep)
         mask = None
+        self.check_attention_mask(tokens, attention_mask)
         if attention_mask is not None:
-            if tuple(attention_mask.shape) != tuple(tokens.shape):
-                raise ValueError(
-                    f"attention_mask must have the tokens' shape {tuple(tokens.shape)}, "
-                    f"got {tuple(attention_mask.shape)}"
-                )
             mask = attention_mask.bool()
             if bool(mask.all()):
                 mask = None  # no padding: the fused path

@@ -382,12 +382,8 @@ class HookedMamba2(HookedModel):
         if return_cache:
             self.check_left_padding(attention_mask)
         mask = None
+        self.check_attention_mask(tokens, attention_mask)
         if attention_mask is not None:
-            if tuple(attention_mask.shape) != tuple(tokens.shape):
-                raise ValueError(
-                    f"attention_mask must have the tokens' shape {tuple(tokens.shape)}, "
-                    f"got {tuple(attention_mask.shape)}"
-                )
             mask = attention_mask.to(self.embed.weight.dtype)
         x = self.hook_embed(self.embed(tokens))  # [B, P, d_model]
         layer_states: list | None = [] if return_cache else None

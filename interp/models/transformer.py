@@ -361,10 +361,7 @@ class HookedTransformer(HookedModel):
             raise ValueError(
                 f"{n_past} cached + {p} new tokens exceed the model's context n_ctx={self.cfg.n_ctx}"
             )
-        if attention_mask is not None and tuple(attention_mask.shape) != (b, p):
-            raise ValueError(
-                f"attention_mask must have the tokens' shape {(b, p)}, got {tuple(attention_mask.shape)}"
-            )
+        self.check_attention_mask(tokens, attention_mask)
         key_mask = attention_mask.bool() if attention_mask is not None else None
         if past_kv_cache is not None:
             key_mask = past_kv_cache.extend_mask(key_mask, b, p, device)
