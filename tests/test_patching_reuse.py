@@ -157,3 +157,47 @@ def test_lstm_reuse_equals_loop(padded):
     loop = activation_patching(*args, mode="noise", method="loop", attention_mask=attn)
     assert_same(reuse, loop, torch.float64)
     assert reuse.metric.std() > 0
+
+
+def mamba_grids(model, n_pos):
+    return {
+        "state x channel groups x positions": patch_specs(
+            model, "ssm_state", positions=True, channel_groups=4, n_pos=n_pos
+        ),
+        "residual x positions": patch_specs(model, "resid_pre", positions=True, n_pos=n_pos)
+        + patch_specs(model, "mixer_out", positions=True, n_pos=n_pos),  # position-local: one position
+        "conv, write, gate, C": patch_specs(model, "conv", positions=[0, 3, n_pos - 1])
+        + patch_specs(model, "ssm_write", positions=[1, 6], channel_groups=2)
+        + patch_specs(model, "gate", positions=[2, 9])
+        + patch_specs(model, "C", positions=[4])
+        + patch_specs(model, "ssm_state"),  # every position at once: starts at 0
+    }
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(
+    "grid", ["state x channel groups x positions", "residual x positions", "conv, write, gate, C"]
+)
+def test_mamba_reuse_equals_loop(grid, dtype, padded):
+    """Mamba-1: each block restarts at p from its recorded conv window and SSM state after p - 1; a state
+    patch at t still feeds the recurrence (the loop's semantics)."""
+    torch.manual_seed(3)
+    model = build_model("mamba", d_vocab=TASK.vocab.size, d_model=16, n_layers=2, d_state=4).eval()
+    for p in model.parameters():
+        p.data.mul_(3)
+    model = model.to(dtype)
+    clean, corrupt = paired_batches(TASK, 3, 5)
+    metric = make_metric("logit_diff", clean, corrupt)
+    c_tok, x_tok, attn = clean.tokens, corrupt.tokens, None
+    if padded:
+        answers, wrong = clean.tokens.roll(-1, 1), corrupt.tokens.roll(-1, 1)
+        (c_tok, mask, ans, wr), attn = left_pad(clean.tokens, clean.score_mask, answers, wrong, [0, 2, 5])
+        (x_tok, *_), _ = left_pad(corrupt.tokens, clean.score_mask, answers, wrong, [0, 2, 5])
+        metric = Metric("logit_diff", ans, mask.bool(), wr)
+    specs = mamba_grids(model, c_tok.shape[1])[grid]
+    args = (model, c_tok, x_tok, metric, specs)
+    reuse = activation_patching(*args, mode="noise", method="reuse", attention_mask=attn, max_batch=12)
+    loop = activation_patching(*args, mode="noise", method="loop", attention_mask=attn)
+    assert_same(reuse, loop, dtype)
+    assert reuse.metric.std() > 0

@@ -151,6 +151,17 @@ class MambaCache:
     n_tokens: int = 0
 
 
+@dataclass
+class MambaResume:
+    """What `HookedMamba.forward_from` restarts from: one recorded forward of B sequences."""
+
+    logits: Tensor  # [B, P, d_vocab]
+    resid: list[Tensor]  # per layer: blocks.{l}.hook_resid_pre [B, P, d_model]
+    conv_in: list[Tensor]  # per layer: masked conv inputs, K - 1 zeros in front, [B, D_inner, K - 1 + P]
+    ssm: list[Tensor]  # per layer: the state after each position [B, D_inner, P, N] (compute dtype)
+    mask: Tensor | None  # [B, P] 1 = token, 0 = padding (the model's dtype); None: no padding
+
+
 # ---------------------------------------------------------------------------------------------
 # Modules
 # ---------------------------------------------------------------------------------------------
@@ -210,20 +221,36 @@ class MambaMixer(nn.Module):
         )
         self.hook_ssm_out = Hook("batch pos d_model", note="out_proj output (the bridge's name)")
 
-    def forward(self, x: Tensor, cache_out: list | None = None, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cache_out: list | None = None,
+        mask: Tensor | None = None,
+        resume: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """x: [B, P, d_model] (normalised) -> [B, P, d_model]. Appends (conv, ssm) state to cache_out.
 
         mask [B, P] (1 = token, 0 = padding): padding enters the convolution and the scan as zeros, so
         the state stays exactly zero through left padding (as Hugging Face's `attention_mask` does).
+
+        resume (`HookedMamba.forward_from`): (window [B, D_inner, K - 1], h [B, D_inner, N]), the masked
+        conv inputs of the K - 1 positions before x's first and the state after the one before it: x
+        continues that sequence, and the hooks see what the whole sequence's forward shows from x's
+        first position on (`hook_conv`: its last P + K - 1 positions).
         """
         p = x.shape[1]
-        n, r = self.cfg.d_state, self.cfg.rank
+        n, r, k = self.cfg.d_state, self.cfg.rank, self.cfg.d_conv
         xz = self.hook_in_proj(self.in_proj(x))  # [B, P, 2 * Di]
         xs, z = xz.chunk(2, dim=-1)  # [B, P, Di] each
         z = self.hook_gate(z)
         if mask is not None:
             xs = xs * mask[..., None]
-        conv = self.hook_conv(self.conv1d(xs.transpose(1, 2)))  # [B, Di, P + K - 1]
+        if resume is None:
+            conv = self.conv1d(xs.transpose(1, 2))  # [B, Di, P + K - 1]
+        else:  # the window replaces the left zero padding; the right padding gives the trailing K - 1
+            seq = F.pad(torch.cat([resume[0].to(xs.dtype), xs.transpose(1, 2)], -1), (0, k - 1))
+            conv = F.conv1d(seq, self.conv1d.weight, self.conv1d.bias, groups=xs.shape[-1])
+        conv = self.hook_conv(conv)
         u = F.silu(conv[..., :p]).transpose(1, 2)
         if mask is not None:  # u = 0 makes B = 0 and the write dt * u * B = 0: no state change
             u = u * mask[..., None]
@@ -252,23 +279,22 @@ class MambaMixer(nn.Module):
             dtu = dt * u.float().transpose(1, 2)  # [B, Di, P]
             write = dtu[..., None] * Bm.float()[:, None]  # [B, Di, P, N]
             scan_in["write"] = self.hook_ssm_write(write)
-        want_states = self.hook_ssm_state.active
-        if want_states:
-            y, states = selective_scan(**scan_in, return_states=True)
-            y, states = self._run_state_hook(scan_in, y, states)
+        scan = _Scan(scan_in, None if resume is None else resume[1])
+        if self.hook_ssm_state.active:
+            y, states = scan(return_states=True)
+            y, states = self._run_state_hook(scan, y, states)
             last = states[:, :, -1] if p else None
         elif cache_out is not None:
-            y, last = selective_scan(**scan_in, return_last_state=True)
+            y, last = scan(return_last_state=True)
         else:
-            y = selective_scan(**scan_in)
+            y = scan()
         if cache_out is not None:
-            k = self.cfg.d_conv
             window = F.pad(xs.transpose(1, 2), (k - 1, 0))[..., p:]  # last K - 1 conv inputs, [B, Di, K - 1]
             cache_out.append((window, last if last is not None else A.new_zeros(y.shape[0], *A.shape)))
         y = self.hook_scan_out(y.transpose(1, 2))  # [B, P, Di]
         return self.hook_ssm_out(self.out_proj(y))
 
-    def _run_state_hook(self, scan_in: dict, y: Tensor, states: Tensor) -> tuple[Tensor, Tensor]:
+    def _run_state_hook(self, scan: _Scan, y: Tensor, states: Tensor) -> tuple[Tensor, Tensor]:
         """Run `hook_ssm_state`; if it changed the states, re-run the scan with the changes inside."""
         version = states._version
         new = self.hook_ssm_state(states)
@@ -276,11 +302,42 @@ class MambaMixer(nn.Module):
             return y, states
         if new is states:  # edited in place: recompute the unedited states to see what changed
             with torch.no_grad():
-                original = selective_scan(**scan_in, return_states=True)[1]
+                original = scan(return_states=True)[1]
         else:
             original = states
         edit = torch.where(new != original, new, torch.full_like(new, float("nan")))  # NaN = keep
-        return selective_scan(**scan_in, return_states=True, state_edit=edit)
+        return scan(return_states=True, state_edit=edit)
+
+
+class _Scan:
+    """`selective_scan` of one mixer's inputs, optionally continuing from a state h0 [B, Di, N].
+
+    The scan has no initial-state argument, so a resumed scan runs one extra position in front whose
+    state is pinned to h0 with `state_edit` (the scan's own way of replacing a state inside the
+    recurrence); that position's output and state are dropped. Calls take selective_scan's keyword
+    arguments (return_states, return_last_state, state_edit [B, Di, P, N])."""
+
+    def __init__(self, scan_in: dict, h0: Tensor | None):
+        self.scan_in, self.h0 = scan_in, h0
+        if h0 is not None:
+            self.scan_in = dict(scan_in)
+            for key in ("u", "delta", "B", "C", "z"):  # [B, *, P] -> [B, *, 1 + P]
+                self.scan_in[key] = F.pad(scan_in[key], (1, 0))
+            if "write" in scan_in:  # [B, Di, P, N] -> [B, Di, 1 + P, N]
+                self.scan_in["write"] = F.pad(scan_in["write"], (0, 0, 1, 0))
+
+    def __call__(self, state_edit: Tensor | None = None, **kw):
+        if self.h0 is None:
+            return selective_scan(**self.scan_in, state_edit=state_edit, **kw)
+        b, d, p = self.scan_in["u"].shape
+        pin = self.h0[:, :, None]  # [B, Di, 1, N], in the scan's compute dtype (it recorded h0)
+        if state_edit is None:
+            state_edit = pin.new_full((b, d, p - 1, pin.shape[-1]), float("nan"))
+        out = selective_scan(**self.scan_in, state_edit=torch.cat([pin, state_edit.to(pin.dtype)], 2), **kw)
+        if not isinstance(out, tuple):
+            return out[..., 1:]
+        y, extra = out
+        return y[..., 1:], (extra[:, :, 1:] if kw.get("return_states") else extra)
 
 
 class MambaBlock(nn.Module):
@@ -295,9 +352,12 @@ class MambaBlock(nn.Module):
         self.hook_mixer_out = Hook("batch pos d_model", note="mixer output, block-level name")
         self.hook_resid_post = Hook("batch pos d_model", note="residual stream")
 
-    def forward(self, x: Tensor, cache_out: list | None = None, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, cache_out: list | None = None, mask: Tensor | None = None, resume=None
+    ) -> Tensor:
+        """resume: see `MambaMixer.forward` (a forward continued from a recorded state)."""
         x = self.hook_resid_pre(x)
-        out = self.hook_mixer_out(self.mixer(self.hook_mixer_in(self.norm(x)), cache_out, mask))
+        out = self.hook_mixer_out(self.mixer(self.hook_mixer_in(self.norm(x)), cache_out, mask, resume))
         return self.hook_resid_post(x + out)
 
     def step(self, x: Tensor, conv: Tensor, ssm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -443,6 +503,80 @@ class HookedMamba(HookedModel):
             ssms.append(h)
         logits = self.lm_head(self.ln_final(x)).float()
         return logits, MambaCache(conv=torch.stack(convs), ssm=torch.stack(ssms), n_tokens=cache.n_tokens + 1)
+
+    # ---- resuming a forward (`interp.analysis.patching.reuse`) ---------------------------------
+    # A patch at layer l, position p cannot change layers < l or positions < p, so the patched forward
+    # restarts block l at p from the recorded residual stream, the conv inputs of positions p-K+1..p-1
+    # and the SSM state after p - 1; every later block likewise from its own.
+    def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> MambaResume:
+        """One forward of tokens [B, P] recording what `forward_from` restarts from."""
+        di, k = self.cfg.d_inner, self.cfg.d_conv
+        mask = None if attention_mask is None else attention_mask.to(self.embed.weight.dtype)
+        resid, conv_in, states = [], [], []
+
+        def conv_input(act: Tensor, hook) -> None:  # the masked conv input xs, as the mixer computes it
+            xs = act[..., :di] if mask is None else act[..., :di] * mask[..., None]
+            conv_in.append(F.pad(xs.transpose(1, 2), (k - 1, 0)))  # [B, Di, K - 1 + P]
+
+        hooks = []
+        for i in range(len(self.blocks)):
+            hooks += [
+                (f"blocks.{i}.hook_resid_pre", lambda act, hook: resid.append(act)),
+                (f"blocks.{i}.mixer.hook_in_proj", conv_input),
+                (f"blocks.{i}.mixer.hook_ssm_state", lambda act, hook: states.append(act)),
+            ]
+        with torch.no_grad():
+            logits = self.run_with_hooks(tokens, attention_mask, fwd_hooks=hooks)
+        return MambaResume(logits, resid, conv_in, states, mask)
+
+    # Hooks past the scan's state (or only in its readout): a patch at position p changes position p only.
+    POSITION_LOCAL: ClassVar[frozenset[str]] = frozenset(
+        {"mixer.hook_gate", "mixer.hook_C", "mixer.hook_scan_out", "mixer.hook_ssm_out"}
+        | {"hook_mixer_out", "hook_resid_post"}
+    )
+
+    def position_local(self, hook: str) -> bool:
+        """Whether a patch of `hook` at position p changes only position p of its own block (so
+        `forward_from(..., single=True)` may run that block on position p alone)."""
+        return hook.split(".", 2)[-1] in self.POSITION_LOCAL if hook.startswith("blocks.") else False
+
+    def forward_from(
+        self, state: MambaResume, layer: int, pos: int, copies: int = 1, single: bool = False
+    ) -> Tensor:
+        """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`,
+        position `pos`: blocks < layer do not run; each block >= layer continues from its recorded conv
+        window and SSM state before `pos`. Hooks of blocks >= layer fire with P - pos positions, on
+        `copies` repeats of the batch (copy-major, as `tokens.repeat(copies, 1)`).
+
+        single: block `layer` runs on position `pos` alone and the later positions of its output are the
+        recorded ones; right for a patch of a `position_local` hook."""
+        b, n, _ = state.resid[0].shape
+        if not (0 <= layer < len(self.blocks) and 0 <= pos < n):
+            raise ValueError(
+                f"cannot resume at layer {layer}, position {pos}: layers 0..{len(self.blocks) - 1}, "
+                f"positions 0..{n - 1}"
+            )
+        rep = lambda t: t.repeat(copies, *[1] * (t.ndim - 1))  # noqa: E731
+        k = self.cfg.d_conv
+
+        def run(i: int, x: Tensor, end: int) -> Tensor:  # block i on positions pos..end-1
+            resume = (rep(state.conv_in[i][..., pos : pos + k - 1]), rep(state.ssm[i][:, :, pos - 1]))
+            mask = None if state.mask is None else rep(state.mask[:, pos:end])
+            return self.blocks[i](x, None, mask, resume if pos else None)
+
+        head = lambda x: self.lm_head(self.ln_final(x).to(self.lm_head.weight.dtype)).float()  # noqa: E731
+        first = layer
+        if single:
+            x = run(layer, rep(state.resid[layer][:, pos : pos + 1]), pos + 1)  # [K*B, 1, d_model]
+            if layer == len(self.blocks) - 1:  # only position pos of the output changed
+                return torch.cat([head(x), rep(state.logits[:, pos + 1 :])], 1)
+            x = torch.cat([x, rep(state.resid[layer + 1][:, pos + 1 :])], 1)
+            first = layer + 1
+        else:
+            x = rep(state.resid[layer][:, pos:])
+        for i in range(first, len(self.blocks)):
+            x = run(i, x, n)
+        return head(x)
 
     def prefill(self, prompt: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, MambaCache]:
         """For `generate_greedy`: the prompt in one pass -> (last logits [B, d_vocab], recurrent state)."""

@@ -80,7 +80,6 @@ def resumed(
         _packed(model, state, specs, list(packed.values()), source_cache, metric, infos, per_forward, out)
     sliced: dict[tuple, Tensor] = {}  # one view per (hook, start, single): the patch hooks share it
     for (layer, start, single), members in sorted(groups.items()):
-        width = 1 if single else n - start  # positions the patched hook sees
         k_max = per_forward(n - start) if callable(per_forward) else per_forward
         for c in range(0, len(members), k_max):
             chunk = members[c : c + k_max]
@@ -90,7 +89,9 @@ def resumed(
                 key = (spec.hook, start, single)
                 if key not in sliced:
                     src = source_cache[spec.hook]
-                    src = src.narrow(info.pos, start, width) if info.pos is not None else src
+                    if info.pos is not None:  # the positions the patched hook sees (Mamba's conv: P + K - 1)
+                        width = 1 if single else src.shape[info.pos] - start
+                        src = src.narrow(info.pos, start, width)
                     key_pos = info.axis("key_pos")
                     if single and key_pos is not None:  # a block run on one query sees keys 0..start
                         src = src.narrow(key_pos, 0, start + 1)
