@@ -1,8 +1,9 @@
-"""The paper's synthetic experiments (Jelassi et al. 2024, results 1-3 and the state-size bound), by name.
+"""The paper's synthetic experiments (Jelassi et al. 2024, results 1-3 and the state-size bound) and the
+hybrids it recommends, by name.
 
 Each is a grid per preset (interp.experiments.common.SCALES), a table and a figure of the finished runs,
-and notes computed from the table; the grids, tables and figures live in copying.py, lookup.py and
-capacity.py.
+and notes computed from the table; the grids, tables and figures live in copying.py, lookup.py,
+capacity.py and hybrid.py.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from interp.experiments import capacity, copying, lookup
+from interp.experiments import capacity, copying, hybrid, lookup
 from interp.experiments.common import SCALES
 from interp.experiments.spec import Experiment, Preset, RunSpec, records_to_frame
 
@@ -77,6 +78,22 @@ EXPERIMENTS: dict[str, Experiment] = {
             group_by=["model", "length"],
             values=["string_acc", "info_bits", "decodable_tokens", "string_bits", "state_bits", "converged"],
             notes=capacity.capacity_notes,
+        ),
+        Experiment(
+            name="hybrid",
+            summary="copy and suffix-key lookup at ~equal size: Mamba, Mamba-2, hybrids with 1 and 2 attention "
+            "layers, transformer; in each, which layer copies (patching, lookup detector) and how full the state is",
+            paper="The paper shows that a fixed-size state cannot copy long strings while attention can, and "
+            "recommends giving state-space models an attention-like retrieval path. Its prediction for hybrids: "
+            "with one attention layer a Mamba-2 model should copy and look up like the transformer (and beyond its "
+            "training length, where pure SSMs fail); the copy should happen in the attention layer (a lookup head "
+            "that noising and the lookup detector both find), leaving the SSM state free of the whole string.",
+            presets=hybrid.PRESETS,
+            table=hybrid.run_rows,
+            figure=hybrid.hybrid_figure,
+            group_by=["task", "model", "layers", "params"],
+            values=hybrid.VALUES,
+            notes=hybrid.hybrid_notes,
         ),
     ]
 }

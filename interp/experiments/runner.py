@@ -34,7 +34,7 @@ TRAINED = "trained.json"
 ERROR = "error.txt"
 # version of each evaluation's rows; bump it when they change, so older cached rows are redone
 # (files without one are version 1; accuracy 2: `first_error`)
-EVAL_SCHEMA = {"accuracy": 2, "saturation": 1}
+EVAL_SCHEMA = {"accuracy": 2, "saturation": 1, "patching": 1, "lookup_heads": 1}
 
 
 def _current(evaluation: dict | None, kind: str) -> bool:
@@ -69,8 +69,12 @@ def run_evaluation(model: HookedModel, task: TaskConfig, ev: EvalSpec, seed: int
     """Rows of one evaluation (DataFrame records)."""
     from interp.analysis.evaluation import evaluate
     from interp.analysis.saturation import state_saturation
+    from interp.experiments.where import lookup_rows, patching_rows
 
     eval_task = TaskConfig.from_dict({**task.to_dict(), **ev.task})
+    where = {"patching": patching_rows, "lookup_heads": lookup_rows}.get(ev.kind)
+    if where is not None:  # rows already, per length
+        return [row for n in ev.lengths for row in where(model, eval_task, n, ev.examples, seed)]
     if ev.kind == "accuracy":
         df = evaluate(model, eval_task, ev.lengths, n_examples=ev.examples, modes=(ev.mode,), seed=1234)
     else:

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 
 from interp.config import Config
 
-EVAL_KINDS = ("accuracy", "saturation")
+EVAL_KINDS = ("accuracy", "saturation", "patching", "lookup_heads")
 
 
 @dataclass
@@ -29,7 +29,9 @@ class EvalSpec(Config):
     """One evaluation of a trained run.
 
     kind: "accuracy" (`evaluate`: string/char accuracy per length) or "saturation" (`state_saturation`:
-    decodable bits of the state at the separator per length; for models with a fixed state).
+    decodable bits of the state at the separator per length; for models with a fixed state),
+    "patching" (noising effect of each layer's mixer and each attention head) or "lookup_heads" (the
+    lookup detector on every head), both per length, copy and suffix_lookup (`interp.experiments.where`).
     task: overrides of the run's task config (e.g. another n-gram size); lengths: string lengths.
     """
 

@@ -1,0 +1,391 @@
+"""How much attention does a state-space model need to copy, and where does the copy happen?
+
+At about equal parameter count: pure Mamba, pure Mamba-2, Mamba-2 hybrids with one and with two
+attention layers, and a transformer, on copy and suffix-key n-gram lookup. Each run is evaluated for
+accuracy at half, one and two times its longest training string; for where it copies, by noising each
+layer's mixer and each attention head (`patching`) and by the lookup detector on every head
+(`lookup_heads`, `interp.experiments.where`); and for how full its state is (`saturation`: bits of
+the string a linear probe reads from the SSM states, or a transformer's last residual stream, at the
+moment the answer starts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.figure import Figure
+
+from interp.experiments.common import SCALES, seed_lineplot
+from interp.experiments.spec import EvalSpec, Preset, RunSpec, records_to_frame
+from interp.experiments.where import WHERE_TASKS
+
+MODELS = ("transformer", "mamba", "mamba2", "hybrid 1 attn", "hybrid 2 attn")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """One preset's models (label -> (arch, options)) and string lengths."""
+
+    models: dict
+    copy_len: int  # longest copy string in training
+    lookup_len: int  # longest suffix-lookup string in training
+    ngram: int
+    steps: int
+    description: str
+    where_examples: int = 64  # examples for patching and the lookup detector
+    saturation_examples: int = 1024
+
+
+def _models(d: dict, layers: tuple[list[str], list[str]], n_layers: int, **ssm) -> dict:
+    """The five models: widths `d` per label; hybrids' layer patterns `layers` (one, two attention)."""
+    t, m, m2, h1, h2 = (d[k] for k in MODELS)
+    return {
+        "transformer": ("transformer", {**t, "n_layers": n_layers}),
+        "mamba": ("mamba", {**m, "n_layers": n_layers, "d_state": ssm["d_state"]}),
+        "mamba2": ("mamba2", {**m2, "n_layers": n_layers, **ssm}),
+        "hybrid 1 attn": ("hybrid", {**h1, "layers": layers[0], **ssm}),
+        "hybrid 2 attn": ("hybrid", {**h2, "layers": layers[1], **ssm}),
+    }
+
+
+SIZES = {
+    "smoke": Sizes(
+        models=_models(
+            {
+                "transformer": dict(d_model=16, n_heads=2),
+                "mamba": dict(d_model=16),
+                "mamba2": dict(d_model=16, head_dim=8),
+                "hybrid 1 attn": dict(d_model=16, head_dim=8, n_heads=2),
+                "hybrid 2 attn": dict(d_model=16, head_dim=8, n_heads=2),
+            },
+            (["mamba2", "attn", "mamba2"], ["mamba2", "attn", "attn"]),
+            3,
+            d_state=4,
+        ),
+        copy_len=4,
+        lookup_len=4,
+        ngram=2,
+        steps=6,
+        description="3-layer models of width 16, 6 steps, 1 seed: checks the machinery, measures nothing",
+        where_examples=8,
+        saturation_examples=64,
+    ),
+}
+# ~72k parameters each (67.8k-72.7k, within 7%): widths chosen so that 3 layers of each kind match
+CPU_MODELS = _models(
+    {
+        "transformer": dict(d_model=44, n_heads=4),  # 72,732 (with MLPs)
+        "mamba": dict(d_model=56),  # 70,560
+        "mamba2": dict(d_model=60, head_dim=20),  # 72,294 (6 SSM heads per layer)
+        "hybrid 1 attn": dict(d_model=64, head_dim=16, n_heads=4),  # 71,760
+        "hybrid 2 attn": dict(d_model=68, head_dim=17, n_heads=4),  # 69,056
+    },
+    (["mamba2", "attn", "mamba2"], ["mamba2", "attn", "attn"]),
+    3,
+    d_state=8,
+)
+SIZES["cpu"] = Sizes(
+    models=CPU_MODELS,
+    copy_len=12,
+    lookup_len=16,
+    ngram=2,
+    steps=1500,
+    description="3-layer models of ~72k parameters (d_state 8), 10 letters, copy strings of 1-12, "
+    "suffix-key lookup (2-gram keys) in strings of 3-16, batch 32, 1,500 steps, 3 seeds",
+)
+SIZES["demo"] = Sizes(
+    models=CPU_MODELS,
+    copy_len=12,
+    lookup_len=16,
+    ngram=2,
+    steps=600,
+    description="the cpu preset's models and tasks, 600 steps, 1 seed",
+)
+# the paper's scale: 12 mixer layers of width 1024 (~75-100M parameters), attention at the middle
+# layer (one) or at layers 4 and 8 (two), as in Jamba / Zamba-style hybrids
+_GPU_HYBRID_1 = ["mamba2"] * 6 + ["attn"] + ["mamba2"] * 5
+_GPU_HYBRID_2 = ["mamba2"] * 4 + ["attn"] + ["mamba2"] * 3 + ["attn"] + ["mamba2"] * 3
+SIZES["gpu"] = Sizes(
+    models=_models(
+        {
+            "transformer": dict(d_model=768, n_heads=12),
+            "mamba": dict(d_model=1024),
+            "mamba2": dict(d_model=1024, head_dim=64),
+            "hybrid 1 attn": dict(d_model=1024, head_dim=64, n_heads=16),
+            "hybrid 2 attn": dict(d_model=1024, head_dim=64, n_heads=16),
+        },
+        (_GPU_HYBRID_1, _GPU_HYBRID_2),
+        12,
+        d_state=32,
+    ),
+    copy_len=50,
+    lookup_len=50,
+    ngram=3,
+    steps=2000,
+    description="12-layer models of width 768-1024, d_state 32, 26 letters, strings up to 50, the paper's "
+    "optimiser (lr 1e-5, batch 8, 2,000 steps), 3 seeds",
+    where_examples=128,
+    saturation_examples=2048,
+)
+
+
+def layer_pattern(arch: str, options: dict) -> str:
+    """The mixer of each layer, e.g. "mamba2,attn,mamba2" (a transformer's layers: attn + MLP)."""
+    if arch == "hybrid":
+        return ",".join(options["layers"])
+    return ",".join([{"transformer": "attn+mlp"}.get(arch, arch)] * options["n_layers"])
+
+
+def hybrid_grid(scale_name: str) -> list[RunSpec]:
+    scale, sizes = SCALES[scale_name], SIZES[scale_name]
+    lr = scale.lr["transformer"]  # one learning rate for every family of a preset (common.SCALES)
+    train = {**scale.train, "lr": lr, "steps": sizes.steps}
+    runs = []
+    for task_name in WHERE_TASKS:
+        longest = sizes.copy_len if task_name == "copy" else sizes.lookup_len
+        shortest = 1 if task_name == "copy" else sizes.ngram + 1
+        task = {"task": task_name, "n_letters": scale.n_letters, "min_len": shortest, "max_len": longest}
+        if task_name == "suffix_lookup":
+            task["ngram"] = sizes.ngram
+        half = max(shortest, longest // 2)
+        where = dict(lengths=[longest], examples=sizes.where_examples)
+        evals = [
+            EvalSpec(lengths=[half, longest, 2 * longest], examples=scale.eval_examples),
+            EvalSpec(kind="patching", **where),
+            EvalSpec(kind="lookup_heads", **where),
+            EvalSpec(
+                kind="saturation",
+                lengths=[half, longest],
+                examples=sizes.saturation_examples,
+                max_features=32 if scale_name == "smoke" else 256,
+            ),
+        ]
+        for label, (arch, options) in sizes.models.items():
+            columns = {"task": task_name, "layers": layer_pattern(arch, options), "max_len": longest}
+            for seed in scale.seeds:
+                runs.append(
+                    RunSpec(
+                        "hybrid",
+                        label,
+                        arch,
+                        options,
+                        task,
+                        train,
+                        seed,
+                        [e.to_dict() for e in evals],
+                        columns,
+                    )
+                )
+    return runs
+
+
+PRESETS = {
+    name: Preset(
+        runs=lambda name=name: hybrid_grid(name), description=SIZES[name].description, gpu=name == "gpu"
+    )
+    for name in ("smoke", "demo", "cpu", "gpu")
+}
+
+# ---------------------------------------------------------------------------------------------
+# Table, figure, notes
+# ---------------------------------------------------------------------------------------------
+
+ACCURACY = ("half_len_acc", "max_len_acc", "double_len_acc")
+MIN_ACTIVITY = 0.1  # attention heads writing less than this (relative RMS of hook_z) do not count
+
+
+def _eval_frame(records: list[dict], kind: str) -> pd.DataFrame:
+    return records_to_frame(records, kind=kind)
+
+
+def run_rows(records: list[dict]) -> pd.DataFrame:
+    """One row per run: accuracies at 0.5x/1x/2x the longest training string, per-layer noising effect of
+    the mixer at every position (`patch_L{l}`) and summed over the answer positions patched one at a
+    time (`answer_L{l}`), per-layer lookup score (`lookup_L{l}`: the best active head's mass on the
+    source token and the one after it), and bits of the string readable at the answer (`info_bits`,
+    `string_fill` = info_bits / string bits) at the longest training length."""
+    keys = ["task", "model", "layers", "seed"]
+    acc = _eval_frame(records, "accuracy")
+    # lengths are [max(shortest, max_len // 2), max_len, 2 max_len]: the first one is the half
+    acc["which"] = acc.groupby(keys)["length"].rank(method="dense").astype(int).map(lambda r: ACCURACY[r - 1])
+    table = acc.pivot_table(index=keys, columns="which", values="string_acc").reset_index()
+    params = acc.groupby(keys)["params"].first().reset_index()
+    table = table.merge(params, on=keys)
+    patch = _eval_frame(records, "patching")
+    whole = patch[patch["head"].isna() & (patch["region"] == "all")]
+    layers = whole.pivot_table(index=keys, columns="layer", values="effect")
+    layers.columns = [f"patch_L{c}" for c in layers.columns]
+    table = table.merge(layers.reset_index(), on=keys)
+    answer = patch[patch["region"] == "answer"].groupby([*keys, "layer"])["effect"].sum().unstack("layer")
+    answer.columns = [f"answer_L{c}" for c in answer.columns]
+    table = table.merge(answer.reset_index(), on=keys)
+    heads = _eval_frame(records, "lookup_heads")
+    heads = heads[heads["activity"] >= MIN_ACTIVITY]
+    mass = (
+        heads.groupby([*keys, "layer", "head"])["value"]
+        .sum()
+        .groupby(level=[*range(len(keys)), len(keys)])
+        .max()
+    )
+    mass = mass.unstack("layer")
+    mass.columns = [f"lookup_L{c}" for c in mass.columns]
+    table = table.merge(mass.reset_index(), on=keys)
+    sat = _eval_frame(records, "saturation")
+    sat = sat[sat["length"] == sat["max_len"]]
+    sat = sat.assign(string_fill=sat["info_bits"] / sat["string_bits"])[[*keys, "info_bits", "string_fill"]]
+    table = table.merge(sat, on=keys)
+    order = {m: i for i, m in enumerate(MODELS)}
+    table["_o"] = table["model"].map(order)
+    return table.sort_values(["task", "_o", "seed"]).drop(columns="_o").reset_index(drop=True)
+
+
+# the report's columns: per-layer ones for the 3 layers of the smoke/demo/cpu models (the gpu models'
+# deeper layers are in the per-seed CSV and the figure)
+VALUES = [
+    *ACCURACY,
+    *(f"patch_L{i}" for i in range(3)),
+    *(f"answer_L{i}" for i in range(3)),
+    *(f"lookup_L{i}" for i in range(3)),
+    "info_bits",
+    "string_fill",
+]
+
+
+def hybrid_figure(records: list[dict]) -> Figure:
+    acc = _eval_frame(records, "accuracy")
+    patch = _eval_frame(records, "patching")
+    patch = patch[patch["head"].isna() & (patch["region"] == "all")]
+    heads = _eval_frame(records, "lookup_heads")
+    heads = heads[heads["activity"] >= MIN_ACTIVITY]
+    heads = heads.groupby(["task", "model", "seed", "layer", "head"], sort=False)["value"].sum()
+    heads = heads.groupby(["task", "model", "seed", "layer"], sort=False).max().reset_index()
+    sat = _eval_frame(records, "saturation")
+    models = [m for m in MODELS if m in set(acc["model"])]
+    palette = dict(zip(models, sns.color_palette("tab10", len(models))))
+    fig, axes = plt.subplots(2, 4, figsize=(20, 8.5))
+    for row, task in zip(axes, WHERE_TASKS):
+        name = "copy" if task == "copy" else "suffix-key lookup"
+        part = acc[acc["task"] == task]
+        seed_lineplot(
+            part.assign(string_acc=part["string_acc"] * 100),
+            "length",
+            "string_acc",
+            row[0],
+            palette=palette,
+            hue_order=models,
+        )
+        longest = int(part["max_len"].iloc[0])
+        row[0].axvline(longest, color="grey", linestyle=":", label="longest training string")
+        row[0].set(
+            xlabel="string length (characters)", ylabel="string accuracy (%, teacher-forced)", ylim=(-3, 103)
+        )
+        row[0].set_title(f"{name}: accuracy")
+        for ax, data, y, title, label in (
+            (
+                row[1],
+                patch[patch["task"] == task],
+                "effect",
+                "noising each layer's mixer",
+                "noising effect (fraction of the clean-corrupt logit gap)",
+            ),
+            (
+                row[2],
+                heads[heads["task"] == task],
+                "value",
+                "lookup detector, best head per layer",
+                "attention mass on the source token (+ next)",
+            ),
+        ):
+            sns.barplot(
+                data=data,
+                x="layer",
+                y=y,
+                hue="model",
+                hue_order=models,
+                palette=palette,
+                errorbar="sd",
+                ax=ax,
+            )
+            ax.set(xlabel="layer", ylabel=label)
+            ax.set_title(f"{name}: {title} (L={longest})")
+        sp = sat[sat["task"] == task]
+        seed_lineplot(sp, "length", "info_bits", row[3], palette=palette, hue_order=models)
+        lengths = np.array(sorted(sp["length"].unique()))
+        per_letter = sp["string_bits"].max() / sp["length"].max()  # log2(letters)
+        row[3].plot(lengths, per_letter * lengths, "k:", label="bits in the string")
+        row[3].set(xlabel="string length (characters)", ylabel="bits of the string decodable at the answer")
+        row[3].set_title(f"{name}: how full the state is")
+        for ax in row:
+            ax.legend(fontsize=7)
+    fig.suptitle("SSMs, hybrids and a transformer at ~equal parameter count (mean ± sd over seeds)")
+    fig.tight_layout()
+    return fig
+
+
+def _attention_layers(pattern: str) -> list[int]:
+    return [i for i, kind in enumerate(pattern.split(",")) if kind.startswith("attn")]
+
+
+def hybrid_notes(summary: pd.DataFrame) -> str:
+    params = summary.groupby("model", sort=False)["params"].first()
+    lines = [
+        f"Parameters: {', '.join(f'{m} {int(p):,}' for m, p in params.items())} "
+        f"(largest / smallest = {params.max() / params.min():.3f}).",
+        "",
+        "`half_len_acc`, `max_len_acc`, `double_len_acc`: teacher-forced string accuracy at 0.5x, 1x and 2x the "
+        "longest training string. `patch_L{l}`: noising effect of layer l's mixer output (SSM `hook_mixer_out`, "
+        "attention `hook_attn_out`) at every position, as a fraction of the clean-corrupt logit difference of "
+        "the answer (1: the answer cannot be produced without it); `answer_L{l}`: the same mixer noised at one "
+        "answer position (the queries) at a time, effects summed over those positions (where the copied "
+        "token is written into the answer; the rest of a layer's effect comes from the string positions). `lookup_L{l}`: the lookup detector, "
+        f"the largest attention mass (over heads with activity >= {MIN_ACTIVITY}) on the string position that "
+        "holds the token to produce plus the position after it; SSM layers are scored through their hidden "
+        "attention (Mamba-2 per head, Mamba-1 averaged over channels). `info_bits`: bits of the string a linear "
+        "probe decodes at the moment the answer starts from the SSM states (for the transformer: its last "
+        "residual stream, which is not its memory), `string_fill` the fraction of the string's bits.",
+    ]
+    score = summary.assign(s=(summary["max_len_acc_mean"] + summary["double_len_acc_mean"]) / 2)
+    hybrids = score[score["model"].str.startswith("hybrid")]
+    if hybrids.empty:
+        return "\n".join(lines)
+    best = hybrids.groupby("model")["s"].mean().idxmax()
+    lines += ["", f"Best hybrid (mean of 1x and 2x accuracy over both tasks): **{best}**."]
+    for task, part in score.groupby("task", sort=False):
+        part = part.set_index("model")
+        ranking = ", ".join(
+            f"{m} {100 * r['max_len_acc_mean']:.1f}% / {100 * r['double_len_acc_mean']:.1f}%"
+            for m, r in part.sort_values("s", ascending=False).iterrows()
+        )
+        lines.append(f"- {task}, accuracy at 1x / 2x the training length: {ranking}.")
+        row = part.loc[best]
+        attn = _attention_layers(row["layers"])
+        per_layer = (
+            lambda prefix, row=row: {  # noqa: E731
+                int(c[len(prefix) : -len("_mean")]): row[c]
+                for c in row.index
+                if c.startswith(prefix) and c.endswith("_mean") and not pd.isna(row[c])
+            }
+        )
+        patch, look = per_layer("patch_L"), per_layer("lookup_L")
+        top_p, top_l = max(patch, key=patch.get), max(look, key=look.get)
+        kind = lambda layer, attn=attn: "attention" if layer in attn else "SSM"  # noqa: E731
+        lines.append(
+            f"  - in {best} ({row['layers']}): the largest noising effect is layer {top_p} ({kind(top_p)}, "
+            f"{patch[top_p]:.2f}; per layer "
+            + ", ".join(f"L{k} {v:.2f}" for k, v in sorted(patch.items()))
+            + f"); the lookup detector's top layer is {top_l} ({kind(top_l)}, {look[top_l]:.2f}; "
+            + ", ".join(f"L{k} {v:.2f}" for k, v in sorted(look.items()))
+            + ")."
+        )
+        if "mamba2" in part.index:
+            pure = part.loc["mamba2"]
+            lines.append(
+                f"  - state: {best}'s SSM states hold {row['info_bits_mean']:.1f} bits of the string at the answer "
+                f"({100 * row['string_fill_mean']:.0f}% of it); pure Mamba-2's {pure['info_bits_mean']:.1f} bits "
+                f"({100 * pure['string_fill_mean']:.0f}%)."
+            )
+    return "\n".join(lines)
