@@ -180,7 +180,7 @@ def hybrid_grid(scale_name: str) -> list[RunSpec]:
                         columns,
                     )
                 )
-    return runs
+    return sorted(runs, key=lambda r: r.seed)  # seed by seed: a sweep cut short has whole seeds
 
 
 PRESETS = {
