@@ -55,9 +55,9 @@ def activation_patching(
     (`interp.hooks.declare_axes`). attention_mask [B, P] (1 = token, 0 = padding), shared by the clean
     and corrupted tokens, is passed to every forward (models whose forward takes one).
     max_memory: bytes (or "512MiB", "2GB") the patched copies of one forward may use; the copies per
-    forward are the fewest of max_batch // B and what fits (`patching.memory`: from the activation
-    sizes of one forward; default half the free RAM / GPU memory). Too small for one patch: an error
-    saying how much one patch needs.
+    forward are the fewest of max_batch // B and what fits (`patching.memory`: from the peak memory of
+    one patched forward, measured once; default half the free RAM / GPU memory). Too small for one
+    patch: an error saying how much one patch needs.
     Returns one row per spec: layer, component, hook, pos, head, channels, label, metric, effect, and
     error bars over examples (effect_se, effect_lo, effect_hi, distinct; `patching.stats`);
     `df.attrs` holds clean_metric, corrupt_metric, mode, per_example_effect [S, B] and patch_semantics
@@ -67,10 +67,15 @@ def activation_patching(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
     run = prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_mask)
-    b, n = run.base.shape
-    per_copy = bytes_per_copy(model, run.base, masked(attention_mask))
+    b = run.base.shape[0]
     budget = budget_bytes(max_memory, run.base.device)
-    per_forward = copies_per_forward(per_copy, budget, max(1, max_batch // b))
+    max_copies = max(1, max_batch // b)
+
+    def per_forward(idx: list[int]) -> int:  # copies of a full patched forward that fit the budget
+        hooks = sorted({specs[i].hook for i in idx})
+        per_copy = bytes_per_copy(model, run.base, masked(attention_mask), hooks)
+        return copies_per_forward(per_copy, budget, max_copies)
+
     if method == "auto":
         method = "reuse" if can_resume(model) else "batched"
     if method == "reuse" and not can_resume(model):
@@ -79,6 +84,7 @@ def activation_patching(
             "use method='batched' or 'auto'"
         )
     if method == "loop":
+        per_forward(list(range(len(specs))))  # one patch per forward must fit too
         values = _loop(model, run.base, specs, run.source_cache, metric, run.infos, attention_mask)
         return frame(specs, values, run)
     values = torch.empty(len(specs), b)
@@ -87,17 +93,24 @@ def activation_patching(
         idx = [i for i in rest if start_of(model, specs[i], run.infos[specs[i].hook]) is not None]
         if idx:
             sub = [specs[i] for i in idx]
-            # a pass over the last w positions needs about w / n of a full copy's activations
-            fits = lambda w: copies_per_forward(per_copy * w // n, budget, max(1, max_batch // b))  # noqa: E731
             values[idx] = resumed(
-                model, run.base, sub, run.source_cache, metric, run.infos, fits, attention_mask
+                model,
+                run.base,
+                sub,
+                run.source_cache,
+                metric,
+                run.infos,
+                (budget, max_copies),
+                attention_mask,
             )
         done = set(idx)
         rest = [i for i in rest if i not in done]
     if rest:
         copies = [[(specs[i], run.source_cache[specs[i].hook])] for i in rest]
         values[rest] = (
-            batched(model, run.base, copies, metric, per_forward * b, run.infos, attention_mask).float().cpu()
+            batched(model, run.base, copies, metric, per_forward(rest) * b, run.infos, attention_mask)
+            .float()
+            .cpu()
         )
     return frame(specs, values, run)
 

@@ -27,6 +27,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from interp.analysis.patching.memory import copies_per_forward, resumed_bytes
 from interp.analysis.patching.metrics import Metric
 from interp.analysis.patching.spec import PatchSpec
 from interp.hooks import HookInfo
@@ -56,16 +57,18 @@ def resumed(
     source_cache: dict[str, Tensor],
     metric: Callable[[Tensor], Tensor],
     infos: dict[str, HookInfo],
-    per_forward: int | Callable[[int], int],
+    memory: tuple[int, int],
     attention_mask: Tensor | None = None,
 ) -> Tensor:
     """Metric [len(specs), B] per example, each spec patched alone into `base` with its source value;
-    every spec must have a start (`start_of`). per_forward: copies per pass, or a function of the number
-    of positions a pass computes."""
+    every spec must have a start (`start_of`). memory: (budget in bytes, most copies per pass); the
+    copies per pass come from the measured memory of a resumed pass (`patching.memory.resumed_bytes`)."""
     from interp.analysis.patching.activation import patch_hooks  # noqa: PLC0415 (activation imports us)
 
     state = model.resume_state(base, attention_mask)
     b, n = base.shape
+    need = resumed_bytes(model, state, n, sorted({s.hook for s in specs}), base.device)
+    per_forward = lambda w: copies_per_forward(need(w), *memory)  # noqa: E731  copies of a w-position pass
     groups: dict[tuple[int, int, bool], list[int]] = {}
     packed: dict[tuple, list[int]] = {}  # (hook, head, channels) -> specs at its positions, one copy
     last = len(getattr(model, "blocks", [])) - 1
@@ -80,7 +83,7 @@ def resumed(
         _packed(model, state, specs, list(packed.values()), source_cache, metric, infos, per_forward, out)
     sliced: dict[tuple, Tensor] = {}  # one view per (hook, start, single): the patch hooks share it
     for (layer, start, single), members in sorted(groups.items()):
-        k_max = per_forward(n - start) if callable(per_forward) else per_forward
+        k_max = per_forward(n - start)
         for c in range(0, len(members), k_max):
             chunk = members[c : c + k_max]
             copies = []
@@ -119,7 +122,7 @@ def _packed(model, state, specs, packs, source_cache, metric, infos, per_forward
     base_pp = metric.per_position(state.logits).float().cpu()  # [B, P]
     base_total = base_pp.sum(1)
     layer = len(model.blocks) - 1
-    k_max = per_forward(n) if callable(per_forward) else per_forward
+    k_max = per_forward(n)
     for c in range(0, len(packs), k_max):
         chunk = packs[c : c + k_max]
         copies = [[(specs[i], source_cache[specs[i].hook]) for i in pack] for pack in chunk]
