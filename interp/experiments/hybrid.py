@@ -19,7 +19,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from interp.experiments.common import SCALES, seed_lineplot
+from interp.experiments.common import PACK, SCALES, seed_lineplot
 from interp.experiments.spec import EvalSpec, Preset, RunSpec, records_to_frame
 from interp.experiments.where import WHERE_TASKS
 
@@ -105,18 +105,18 @@ SIZES["demo"] = Sizes(
     steps=600,
     description="the cpu preset's models and tasks, 600 steps, 1 seed",
 )
-# the paper's scale: 12 mixer layers of width 1024 (~75-100M parameters), attention at the middle
+# the paper's scale: 12 mixer layers of width 720-1024 (71-77M parameters), attention at the middle
 # layer (one) or at layers 4 and 8 (two), as in Jamba / Zamba-style hybrids
 _GPU_HYBRID_1 = ["mamba2"] * 6 + ["attn"] + ["mamba2"] * 5
 _GPU_HYBRID_2 = ["mamba2"] * 4 + ["attn"] + ["mamba2"] * 3 + ["attn"] + ["mamba2"] * 3
 SIZES["gpu"] = Sizes(
     models=_models(
         {
-            "transformer": dict(d_model=768, n_heads=12),
-            "mamba": dict(d_model=1024),
-            "mamba2": dict(d_model=1024, head_dim=64),
-            "hybrid 1 attn": dict(d_model=1024, head_dim=64, n_heads=16),
-            "hybrid 2 attn": dict(d_model=1024, head_dim=64, n_heads=16),
+            "transformer": dict(d_model=720, n_heads=12),  # 74.7M
+            "mamba": dict(d_model=960),  # 71.4M
+            "mamba2": dict(d_model=1024, head_dim=64),  # 76.9M
+            "hybrid 1 attn": dict(d_model=1024, head_dim=64, n_heads=16),  # 74.7M
+            "hybrid 2 attn": dict(d_model=1024, head_dim=64, n_heads=16),  # 72.5M
         },
         (_GPU_HYBRID_1, _GPU_HYBRID_2),
         12,
@@ -126,8 +126,8 @@ SIZES["gpu"] = Sizes(
     lookup_len=50,
     ngram=3,
     steps=2000,
-    description="12-layer models of width 768-1024, d_state 32, 26 letters, strings up to 50, the paper's "
-    "optimiser (lr 1e-5, batch 8, 2,000 steps), 3 seeds",
+    description="12-layer models of 71-77M parameters, d_state 32, 26 letters, strings up to 50, the paper's "
+    "optimiser and packing (lr 1e-5, batch 8 rows of 220 tokens, 2,000 steps), 3 seeds",
     where_examples=128,
     saturation_examples=2048,
 )
@@ -151,6 +151,8 @@ def hybrid_grid(scale_name: str) -> list[RunSpec]:
         task = {"task": task_name, "n_letters": scale.n_letters, "min_len": shortest, "max_len": longest}
         if task_name == "suffix_lookup":
             task["ngram"] = sizes.ngram
+        if PACK.get(scale_name):  # training only: every evaluation builds single examples
+            task["pack_context"] = PACK[scale_name]
         half = max(shortest, longest // 2)
         where = dict(lengths=[longest], examples=sizes.where_examples)
         evals = [

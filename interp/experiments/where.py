@@ -38,9 +38,11 @@ WHERE_TASKS = ("copy", "suffix_lookup")
 MIXER_OUT = ("blocks.{layer}.hook_mixer_out", "blocks.{layer}.hook_attn_out")
 
 
-def _check_task(task: TaskConfig, kind: str) -> None:
+def _unpacked(task: TaskConfig, kind: str) -> TaskConfig:
+    """The task with one example per row (a run trained on packed rows is evaluated on single examples)."""
     if task.task not in WHERE_TASKS:
         raise ValueError(f"the {kind} evaluation is defined for {', '.join(WHERE_TASKS)}, not {task.task!r}")
+    return TaskConfig.from_dict({**task.to_dict(), "pack_context": None})
 
 
 def mixer_hooks(model) -> dict[int, str]:
@@ -63,7 +65,7 @@ def layer_kinds(model) -> dict[int, str]:
 
 def patching_rows(model, task: TaskConfig, length: int, n_examples: int, seed: int) -> list[dict]:
     """Noising effects of each layer's mixer output and of each attention head (module docstring)."""
-    _check_task(task, "patching")
+    task = _unpacked(task, "patching")
     clean, corrupt = paired_batches(task, n_examples, length, seed=seed)
     device = next(model.parameters()).device
     clean, corrupt = clean.to(device), corrupt.to(device)
@@ -142,7 +144,7 @@ def suffix_lookup_targets(batch: Batch, ngram: int) -> Tensor:
 def lookup_rows(model, task: TaskConfig, length: int, n_examples: int, seed: int) -> list[dict]:
     """Lookup-detector scores of every head of every layer (module docstring), with each attention head's
     activity (RMS of its output, relative to the most active head; SSM heads: 1)."""
-    _check_task(task, "lookup_heads")
+    task = _unpacked(task, "lookup_heads")
     device = next(model.parameters()).device
     batch = make_batch(task, n_examples, torch.Generator().manual_seed(seed), length=length).to(device)
     if task.task == "copy":
