@@ -19,6 +19,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from interp.experiments.capacity import converged
 from interp.experiments.common import PACK, SCALES, seed_lineplot
 from interp.experiments.spec import EvalSpec, Preset, RunSpec, records_to_frame
 from interp.experiments.where import WHERE_TASKS
@@ -240,6 +241,11 @@ def run_rows(records: list[dict]) -> pd.DataFrame:
     sat = sat[sat["length"] == sat["max_len"]]
     sat = sat.assign(string_fill=sat["info_bits"] / sat["string_bits"])[[*keys, "info_bits", "string_fill"]]
     table = table.merge(sat, on=keys)
+    flags = {
+        (r["spec"]["label"], r["spec"]["columns"]["task"], r["spec"]["seed"]): converged(r["metrics"])
+        for r in records
+    }
+    table["converged"] = [float(flags[k]) for k in zip(table["model"], table["task"], table["seed"])]
     order = {m: i for i, m in enumerate(MODELS)}
     table["_o"] = table["model"].map(order)
     return table.sort_values(["task", "_o", "seed"]).drop(columns="_o").reset_index(drop=True)
@@ -254,6 +260,7 @@ VALUES = [
     *(f"lookup_L{i}" for i in range(3)),
     "info_bits",
     "string_fill",
+    "converged",
 ]
 
 
@@ -332,62 +339,99 @@ def _attention_layers(pattern: str) -> list[int]:
     return [i for i, kind in enumerate(pattern.split(",")) if kind.startswith("attn")]
 
 
+def _per_layer(row: pd.Series, prefix: str) -> dict[int, float]:
+    """{layer: mean} of the summary columns `{prefix}{layer}_mean` of one row (layers it has)."""
+    return {
+        int(c[len(prefix) : -len("_mean")]): float(row[c])
+        for c in row.index
+        if c.startswith(prefix) and c.endswith("_mean") and not pd.isna(row[c])
+    }
+
+
+def _verdict(ok: bool) -> str:
+    return "agrees" if ok else "**disagrees**"
+
+
 def hybrid_notes(summary: pd.DataFrame) -> str:
     params = summary.groupby("model", sort=False)["params"].first()
     lines = [
         f"Parameters: {', '.join(f'{m} {int(p):,}' for m, p in params.items())} "
         f"(largest / smallest = {params.max() / params.min():.3f}).",
         "",
-        "`half_len_acc`, `max_len_acc`, `double_len_acc`: teacher-forced string accuracy at 0.5x, 1x and 2x the "
-        "longest training string. `patch_L{l}`: noising effect of layer l's mixer output (SSM `hook_mixer_out`, "
-        "attention `hook_attn_out`) at every position, as a fraction of the clean-corrupt logit difference of "
-        "the answer (1: the answer cannot be produced without it); `answer_L{l}`: the same mixer noised at one "
-        "answer position (the queries) at a time, effects summed over those positions (where the copied "
-        "token is written into the answer; the rest of a layer's effect comes from the string positions). `lookup_L{l}`: the lookup detector, "
-        f"the largest attention mass (over heads with activity >= {MIN_ACTIVITY}) on the string position that "
-        "holds the token to produce plus the position after it; SSM layers are scored through their hidden "
-        "attention (Mamba-2 per head, Mamba-1 averaged over channels). `info_bits`: bits of the string a linear "
-        "probe decodes at the moment the answer starts from the SSM states (for the transformer: its last "
-        "residual stream, which is not its memory), `string_fill` the fraction of the string's bits.",
+        "Columns. `half_len_acc`, `max_len_acc`, `double_len_acc`: teacher-forced string accuracy (256 held-out "
+        "strings) at 0.5x, 1x and 2x the longest training string. `patch_L{l}`: noising effect of layer l's mixer "
+        "output (SSM `hook_mixer_out`, attention `hook_attn_out`) at every position at once, as a fraction of the "
+        "clean-corrupt logit difference of the answer (1: the answer cannot be produced without it). "
+        "`answer_L{l}`: the same mixer noised at one answer position (the queries) at a time, effects summed over "
+        "those positions: how much of the answer that layer writes where the answer is produced (the rest of "
+        "`patch_L{l}` comes from the string positions). `lookup_L{l}`: the lookup detector, the largest "
+        f"attention mass (over heads with activity >= {MIN_ACTIVITY}) that the queries of the answer put on "
+        "the string position holding the token to produce plus the position after it; SSM layers are scored "
+        "through their hidden attention (Mamba-2 per head, Mamba-1 averaged over channels). `info_bits`: bits of "
+        "the string a linear probe decodes, at the moment the answer starts, from the SSM states (transformer: "
+        "its last residual stream, which is not its memory), `string_fill` = info_bits / bits in the string. "
+        "`converged`: fraction of seeds whose last three held-out accuracies in training lie within 2 points.",
     ]
+    if "converged_mean" in summary:
+        lines.append(
+            "\nConverged: "
+            + "; ".join(
+                f"{t} {m} {r['converged_mean']:.2f}"
+                for (t, m), r in summary.set_index(["task", "model"]).iterrows()
+            )
+            + "."
+        )
     score = summary.assign(s=(summary["max_len_acc_mean"] + summary["double_len_acc_mean"]) / 2)
     hybrids = score[score["model"].str.startswith("hybrid")]
     if hybrids.empty:
         return "\n".join(lines)
     best = hybrids.groupby("model")["s"].mean().idxmax()
-    lines += ["", f"Best hybrid (mean of 1x and 2x accuracy over both tasks): **{best}**."]
+    lines += ["", f"Best hybrid (mean of 1x and 2x accuracy over both tasks): **{best}**.", ""]
+    lines.append("**The paper's prediction against the measurements** (means over seeds):")
+    detail = []
     for task, part in score.groupby("task", sort=False):
         part = part.set_index("model")
-        ranking = ", ".join(
-            f"{m} {100 * r['max_len_acc_mean']:.1f}% / {100 * r['double_len_acc_mean']:.1f}%"
-            for m, r in part.sort_values("s", ascending=False).iterrows()
-        )
-        lines.append(f"- {task}, accuracy at 1x / 2x the training length: {ranking}.")
+        ssm = part[[m in ("mamba", "mamba2") for m in part.index]]
+        hyb = part.loc[[m for m in part.index if m.startswith("hybrid")]]
+        for col, where in (("max_len_acc", "1x"), ("double_len_acc", "2x")):
+            top_ssm, low_hyb = ssm[col + "_mean"].max(), hyb[col + "_mean"].min()
+            lines.append(
+                f"- {task}, {where} the training length: every hybrid is at least as accurate as every pure SSM (within 1 point): "
+                f"{_verdict(low_hyb >= top_ssm - 0.01)} (worst hybrid {100 * low_hyb:.1f}%, best pure SSM "
+                f"{100 * top_ssm:.1f}%, transformer {100 * part.loc['transformer', col + '_mean']:.1f}%)."
+                if "transformer" in part.index
+                else f"- {task}, {where}: worst hybrid {100 * low_hyb:.1f}%, best pure SSM {100 * top_ssm:.1f}%."
+            )
         row = part.loc[best]
         attn = _attention_layers(row["layers"])
-        per_layer = (
-            lambda prefix, row=row: {  # noqa: E731
-                int(c[len(prefix) : -len("_mean")]): row[c]
-                for c in row.index
-                if c.startswith(prefix) and c.endswith("_mean") and not pd.isna(row[c])
-            }
-        )
-        patch, look = per_layer("patch_L"), per_layer("lookup_L")
-        top_p, top_l = max(patch, key=patch.get), max(look, key=look.get)
         kind = lambda layer, attn=attn: "attention" if layer in attn else "SSM"  # noqa: E731
+        answer, look, patch = (_per_layer(row, p) for p in ("answer_L", "lookup_L", "patch_L"))
+        top_a, top_l = max(answer, key=answer.get), max(look, key=look.get)
         lines.append(
-            f"  - in {best} ({row['layers']}): the largest noising effect is layer {top_p} ({kind(top_p)}, "
-            f"{patch[top_p]:.2f}; per layer "
-            + ", ".join(f"L{k} {v:.2f}" for k, v in sorted(patch.items()))
-            + f"); the lookup detector's top layer is {top_l} ({kind(top_l)}, {look[top_l]:.2f}; "
-            + ", ".join(f"L{k} {v:.2f}" for k, v in sorted(look.items()))
-            + ")."
+            f"- {task}, in {best}: the copy happens in its attention layer: {_verdict(top_a in attn and top_l in attn)} "
+            f"(largest answer-position noising effect: layer {top_a}, {kind(top_a)}; lookup detector: layer "
+            f"{top_l}, {kind(top_l)})."
         )
         if "mamba2" in part.index:
             pure = part.loc["mamba2"]
             lines.append(
-                f"  - state: {best}'s SSM states hold {row['info_bits_mean']:.1f} bits of the string at the answer "
-                f"({100 * row['string_fill_mean']:.0f}% of it); pure Mamba-2's {pure['info_bits_mean']:.1f} bits "
-                f"({100 * pure['string_fill_mean']:.0f}%)."
+                f"- {task}: {best}'s SSM states hold less of the string than pure Mamba-2's: "
+                f"{_verdict(row['info_bits_mean'] < pure['info_bits_mean'])} ({row['info_bits_mean']:.1f} vs "
+                f"{pure['info_bits_mean']:.1f} bits, {100 * row['string_fill_mean']:.0f}% vs "
+                f"{100 * pure['string_fill_mean']:.0f}% of the string)."
             )
-    return "\n".join(lines)
+        ranking = ", ".join(
+            f"{m} {100 * r['max_len_acc_mean']:.1f}% / {100 * r['double_len_acc_mean']:.1f}%"
+            for m, r in part.sort_values("s", ascending=False).iterrows()
+        )
+        detail.append(f"- {task}, accuracy at 1x / 2x the training length, best first: {ranking}.")
+        detail.append(
+            f"  - {best} ({row['layers']}), per layer: noising everywhere "
+            + ", ".join(f"L{k} {v:.2f}" for k, v in sorted(patch.items()))
+            + "; at the answer positions "
+            + ", ".join(f"L{k} {v:.2f}" for k, v in sorted(answer.items()))
+            + "; lookup detector "
+            + ", ".join(f"L{k} {v:.2f}" for k, v in sorted(look.items()))
+            + "."
+        )
+    return "\n".join([*lines, "", "Details:", *detail])
