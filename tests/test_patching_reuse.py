@@ -201,3 +201,17 @@ def test_mamba_reuse_equals_loop(grid, dtype, padded):
     loop = activation_patching(*args, mode="noise", method="loop", attention_mask=attn)
     assert_same(reuse, loop, dtype)
     assert reuse.metric.std() > 0
+
+
+def test_rotary_without_autograd_equals_the_differentiable_form():
+    """apply_rotary's no-grad path (halves written into one buffer, used by every patched pass) gives
+    the training path's numbers bit for bit, with partial rotary and per-sequence positions."""
+    from interp.models.transformer import apply_rotary, rotary_cos_sin  # noqa: PLC0415
+
+    x = torch.randn(2, 5, 3, 8, requires_grad=True)
+    for positions, dim in ((torch.arange(5), 8), (torch.tensor([[0, 0, 1, 2, 3], [0, 1, 2, 3, 4]]), 4)):
+        cos, sin = rotary_cos_sin(positions, dim, 10000.0)
+        differentiable = apply_rotary(x, cos, sin)
+        assert differentiable.requires_grad
+        with torch.no_grad():
+            assert torch.equal(apply_rotary(x, cos, sin), differentiable)
