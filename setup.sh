@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up interp in ./.venv: CPU PyTorch first (a bare `torch` requirement would pull a multi-GB CUDA
-# build), then the package with its test and notebook tools. Safe to re-run.
+# build), then the package with its test, notebook and documentation tools (the dev and docs extras).
+# Safe to re-run.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
@@ -9,5 +10,5 @@ PYTHON=${PYTHON:-python3}
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "^WARNING: Location" || true
 fi
-.venv/bin/python -m pip install -q -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -m pip install -q -e ".[dev,docs]" 2>&1 | grep -v "^WARNING: Location" || true
 .venv/bin/python -c "import interp, torch; print(f'interp ready in .venv (torch {torch.__version__})')"

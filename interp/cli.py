@@ -1,4 +1,8 @@
-"""`interp` command line: train, eval, demo, info. Run `interp COMMAND --help` for the options.
+"""`interp` command line: train, eval, demo, info, reproduce, docs. Run `interp COMMAND --help` for the options.
+
+Defaults stated in the help come from the config dataclasses (`TrainConfig`, `TaskConfig`, each model's
+config) and the functions the commands call, so the help cannot disagree with the code (tests/test_docs.py
+checks it).
 
 A user error (a bad number, a missing folder, a locked run folder) is one line on stderr and exit code 2;
 a traceback means a bug (INTERP_DEBUG=1 shows one for user errors too). Ctrl-C exits with 130.
@@ -7,9 +11,13 @@ a traceback means a bug (INTERP_DEBUG=1 shows one for user errors too). Ctrl-C e
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib.util
+import inspect
 import json
 import os
 import shlex
+import subprocess
 import sys
 import time
 import warnings
@@ -21,7 +29,7 @@ from interp.config import check_device, check_int
 from interp.experiments.command import add_parser as add_reproduce_parser
 from interp.experiments.command import cmd_reproduce
 from interp.io import atomic_write, atomic_write_text, read_checkpoint
-from interp.models import HookedModel, build_model
+from interp.models import HookedModel, build_model, model_class
 from interp.models.loading import load
 from interp.tasks import TASKS, TaskConfig
 from interp.training import TrainConfig, TrainingInterrupted, train
@@ -59,24 +67,69 @@ TASK_FLAGS = {
 }
 
 
+ARCH_LABELS = {
+    "transformer": "transformer",
+    "lstm": "LSTM",
+    "mamba": "Mamba",
+    "mamba2": "Mamba-2",
+    "hybrid": "hybrid",
+}
+
+
+def _default(cls: type, name: str):
+    """A dataclass field's default (also for default_factory fields)."""
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def _model_default(field: str) -> str:
+    """'(default: transformer 128, LSTM 256, ...)' for a model config field, from the architectures' configs;
+    one value when every architecture that has the field agrees."""
+    values = {}
+    for arch in TRAINABLE:
+        cls = model_class(arch).config_class
+        if field in {f.name for f in dataclasses.fields(cls)}:
+            values[ARCH_LABELS[arch]] = _show(_default(cls, field))
+    if len(set(values.values())) == 1:
+        return f"({', '.join(values)}; default {next(iter(values.values()))})"
+    return "(default: " + ", ".join(f"{arch} {value}" for arch, value in values.items()) + ")"
+
+
+def _task_default(field: str) -> str:
+    return f"(default {_show(_default(TaskConfig, field))})"
+
+
 def _add_task_args(p: argparse.ArgumentParser, defaults: bool) -> None:
-    g = p.add_argument_group(
-        "task (defaults: copy, 26 letters, lengths 1..20)" if defaults else "task overrides"
+    task = TaskConfig()
+    title = f"task (defaults: {task.task}, {task.n_letters} letters, lengths {task.min_len}..{task.max_len})"
+    g = p.add_argument_group(title if defaults else "task overrides (default: the checkpoint's task)")
+    d = _task_default if defaults else (lambda field: "")
+    g.add_argument("--task", choices=TASKS, help=f"synthetic task {d('task')}")
+    g.add_argument("--n-letters", type=int, help=f"alphabet size |V|, 2..26 {d('n_letters')}")
+    g.add_argument(
+        "--min-len", type=int, help=f"shortest string (entries for phonebook, pairs for mqar) {d('min_len')}"
     )
-    g.add_argument("--task", choices=TASKS, help="synthetic task")
-    g.add_argument("--n-letters", type=int, help="alphabet size |V|, 2..26")
-    g.add_argument("--min-len", type=int, help="shortest string (entries for phonebook, pairs for mqar)")
-    g.add_argument("--max-len", type=int, help="longest string")
-    g.add_argument("--ngram", type=int, help="key n-gram size for lookups / unique n-grams")
+    g.add_argument("--max-len", type=int, help=f"longest string {d('max_len')}")
+    g.add_argument("--ngram", type=int, help=f"key n-gram size for lookups / unique n-grams {d('ngram')}")
     g.add_argument(
         "--unique-ngrams", action="store_true", default=None, help="strings without repeated n-grams"
     )
-    g.add_argument("--answer-len", type=int, help="tokens to retrieve in lookups")
-    g.add_argument("--name-len", type=int, help="phone-book name length")
-    g.add_argument("--number-len", type=int, help="phone-book number length")
-    g.add_argument("--n-queries", type=int, help="queries per associative-recall example")
+    g.add_argument("--answer-len", type=int, help=f"tokens to retrieve in lookups {d('answer_len')}")
+    g.add_argument("--name-len", type=int, help=f"phone-book name length {d('name_len')}")
+    g.add_argument("--number-len", type=int, help=f"phone-book number length {d('number_len')}")
+    g.add_argument("--n-queries", type=int, help=f"queries per associative-recall example {d('n_queries')}")
     g.add_argument(
-        "--pack-context", type=int, help="pack examples into rows of this many tokens (paper: 220)"
+        "--pack-context",
+        type=int,
+        help=f"pack examples into rows of this many tokens (paper: 220) {d('pack_context')}",
     )
 
 
@@ -121,44 +174,70 @@ def build_parser() -> argparse.ArgumentParser:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     how.add_argument("--overwrite", action="store_true", help="delete the run saved in --out and start over")
-    g = p.add_argument_group("model")
-    g.add_argument("--d-model", type=int, help="width (default: transformer 128, LSTM 256, Mamba 128)")
-    g.add_argument("--n-layers", type=int, help="layers (default 2)")
-    g.add_argument("--n-heads", type=int, help="attention heads (transformer)")
-    g.add_argument("--positional", help="rope | nope | alibi | hard_alibi (transformer)")
-    g.add_argument("--hard-alibi-heads", type=int, help="heads with a hard window (hard_alibi)")
-    g.add_argument("--n-ctx", type=int, help="longest input the model accepts")
-    g.add_argument("--d-state", type=int, help="SSM state size per channel (Mamba)")
-    g.add_argument("--expand", type=int, help="inner width factor (Mamba)")
+    g = p.add_argument_group("model (defaults: each architecture's config)")
+    m = _model_default
+    g.add_argument("--d-model", type=int, help=f"width {m('d_model')}")
+    g.add_argument("--n-layers", type=int, help=f"layers {m('n_layers')}")
+    g.add_argument("--n-heads", type=int, help=f"attention heads {m('n_heads')}")
+    g.add_argument("--positional", help=f"rope | nope | alibi | hard_alibi {m('positional')}")
+    g.add_argument(
+        "--hard-alibi-heads", type=int, help="heads with a hard window (hard_alibi; default n_heads // 2)"
+    )
+    g.add_argument("--n-ctx", type=int, help=f"longest input the model accepts {m('n_ctx')}")
+    g.add_argument("--d-state", type=int, help=f"SSM state size per channel {m('d_state')}")
+    g.add_argument("--expand", type=int, help=f"inner width factor {m('expand')}")
     g.add_argument(
         "--layers",
-        help="hybrid layer pattern, comma-separated kinds: mamba, mamba2, attn, mlp (e.g. mamba,attn)",
+        help=f"hybrid layer pattern, comma-separated kinds: mamba, mamba2, attn, mlp {m('layers')}",
     )
     g.add_argument("--model-opt", action="append", metavar="KEY=VALUE", help="any other model config field")
     _add_task_args(p, defaults=True)
     g = p.add_argument_group("training")
     for name, typ, help_ in [
-        ("steps", int, "optimizer steps (default 2000)"),
-        ("batch-size", int, "examples per step (default 32)"),
-        ("lr", float, "peak learning rate (default 1e-3)"),
-        ("warmup-steps", int, "linear warm-up steps (default 100)"),
-        ("eval-every", int, "steps between evaluations (default 100)"),
-        ("checkpoint-every", int, "steps between checkpoints (default 500)"),
-        ("seed", int, "seed for data and initialisation (default 0)"),
+        ("steps", int, "optimizer steps"),
+        ("batch-size", int, "examples per step"),
+        ("lr", float, "peak learning rate"),
+        ("warmup-steps", int, "linear warm-up steps"),
+        ("eval-every", int, "steps between evaluations"),
+        ("checkpoint-every", int, "steps between checkpoints"),
+        ("seed", int, "seed for data and initialisation"),
     ]:
-        g.add_argument(f"--{name}", type=typ, help=help_)
-    g.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda[:N]")
+        default = _default(TrainConfig, name.replace("-", "_"))
+        g.add_argument(f"--{name}", type=typ, help=f"{help_} (default {default})")
+    g.add_argument(
+        "--device",
+        default=_default(TrainConfig, "device"),
+        help="auto (CUDA if present) | cpu | cuda[:N] (default %(default)s)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    from interp.analysis.evaluation import evaluate
+
+    ev = {k: v.default for k, v in inspect.signature(evaluate).parameters.items()}
     p = sub.add_parser("eval", help="accuracy per string length of a checkpoint")
     p.set_defaults(handler=cmd_eval)
     p.add_argument("checkpoint", help="checkpoint folder")
-    p.add_argument("--lengths", default="10,20,40", help="comma-separated string lengths (default 10,20,40)")
-    p.add_argument("--mode", choices=["teacher", "greedy", "both"], default="teacher", help="decoding")
-    p.add_argument("--examples", type=int, default=256, help="examples per length (default 256)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--lengths", default="10,20,40", help="comma-separated string lengths (default %(default)s)"
+    )
+    p.add_argument(
+        "--mode",
+        choices=["teacher", "greedy", "both"],
+        default=ev["modes"][0],
+        help="decoding: teacher-forced, greedy, or both (default %(default)s)",
+    )
+    p.add_argument(
+        "--examples", type=int, default=ev["n_examples"], help="examples per length (default %(default)s)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=ev["batch_size"], help="examples per forward (default %(default)s)"
+    )
+    p.add_argument(
+        "--seed", type=int, default=ev["seed"], help="seed of the evaluation batches (default %(default)s)"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA if present) | cpu | cuda[:N] (default %(default)s)"
+    )
     p.add_argument("--json", help="also write the table as JSON records to this file")
     p.add_argument("--csv", help="also write the table as CSV to this file")
     _add_task_args(p, defaults=False)
@@ -169,12 +248,24 @@ def build_parser() -> argparse.ArgumentParser:
         "accuracy vs training examples seen",
     )
     p.set_defaults(handler=cmd_demo)
+    from interp.demo import DEMO_MODELS
+
+    demo_steps = sorted({train.steps for _, train in DEMO_MODELS.values()})
     p.add_argument(
-        "--out", default="demo_out", help="folder for checkpoints, table and plot (default demo_out)"
+        "--out", default="demo_out", help="folder for checkpoints, table and plot (default %(default)s)"
     )
-    p.add_argument("--steps", type=int, default=None, help="training steps per model (default 1000)")
-    p.add_argument("--archs", default=None, help="comma-separated subset of transformer,mamba,lstm")
-    p.add_argument("--device", default="auto", help="auto (CUDA if present) | cpu | cuda[:N]")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help=f"training steps per model (default {','.join(map(str, demo_steps))}, the demo preset's)",
+    )
+    p.add_argument(
+        "--archs", default=None, help=f"comma-separated subset of {','.join(DEMO_MODELS)} (default: all)"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (CUDA if present) | cpu | cuda[:N] (default %(default)s)"
+    )
     p.add_argument("--workers", type=int, default=None, help="models trained at once (default: one per core)")
     p.add_argument("--quiet", action="store_true")
 
@@ -183,6 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
 
     add_reproduce_parser(sub).set_defaults(handler=cmd_reproduce)
+
+    p = sub.add_parser(
+        "docs",
+        help="build the documentation site (mkdocs build --strict), or serve it with --serve",
+        description="Build the documentation site from docs/ and mkdocs.yml of this source checkout, "
+        "strictly (a broken link or an unresolved generated table fails), or serve it with live reload. "
+        "Needs the docs extra: pip install -e '.[docs]'.",
+    )
+    p.set_defaults(handler=cmd_docs)
+    p.add_argument("--serve", action="store_true", help="serve the site locally and rebuild on changes")
+    p.add_argument("--addr", default="127.0.0.1:8000", help="address for --serve (default %(default)s)")
+    p.add_argument("--out", help="folder for the built site (default: site_dir of mkdocs.yml, build/site)")
     return parser
 
 
@@ -309,6 +412,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(table)
     print(f"\nwrote {', '.join(str(p) for p in paths)} in {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+DOCS_PACKAGES = {"mkdocs": "mkdocs", "material": "mkdocs-material", "mkdocstrings": "mkdocstrings[python]"}
+
+
+def docs_command(serve: bool = False, addr: str = "127.0.0.1:8000", out: str | None = None) -> list[str]:
+    """The mkdocs command `interp docs` runs; raises if mkdocs (the docs extra) or mkdocs.yml is missing."""
+    missing = [pip for module, pip in DOCS_PACKAGES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ValueError(
+            f"the documentation tools are not installed ({', '.join(missing)}); install the docs extra: "
+            "pip install -e '.[docs]' (bash setup.sh installs it)"
+        )
+    config = Path(__file__).resolve().parent.parent / "mkdocs.yml"
+    if not config.exists():
+        raise FileNotFoundError(f"{config} not found: interp docs builds the site of a source checkout")
+    command = [sys.executable, "-m", "mkdocs", "serve" if serve else "build", "--strict", "-f", str(config)]
+    if serve:
+        command += ["--dev-addr", addr]
+    elif out:
+        command += ["--site-dir", str(Path(out).resolve())]
+    return command
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    command = docs_command(args.serve, args.addr, args.out)
+    root = Path(command[command.index("-f") + 1]).parent  # mkdocs.yml names its folders from the repo root
+    env = {
+        **os.environ,
+        "NO_MKDOCS_2_WARNING": "1",
+    }  # Material's banner about MkDocs 2.0, not about this site
+    return subprocess.run(command, cwd=root, env=env).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
