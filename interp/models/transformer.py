@@ -488,7 +488,8 @@ class ResumeState:
     resid: list[Tensor]  # per layer: blocks.{l}.hook_resid_pre [B, P, d_model]
     kv: list[list[Tensor]]  # per layer: [keys, values], each [B, H, P, Dh] (after rotary)
     key_mask: Tensor | None  # [B, P] True = real token; None: no padding
-    _slots: dict[int, KVSlots] = field(default_factory=dict, repr=False)
+    # buffers kept across passes; not an init field, so dataclasses.replace(state) starts without them
+    _slots: dict[int, KVSlots] = field(default_factory=dict, init=False, repr=False)
 
     def slots(self, layer: int, copies: int) -> KVSlots:
         """Layer `layer`'s keys/values for passes on `copies` repeats of the batch: one buffer per layer,

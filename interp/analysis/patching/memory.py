@@ -13,6 +13,7 @@ device the tokens are on (GPU: `torch.cuda.mem_get_info`; CPU: MemAvailable).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import weakref
 from collections.abc import Callable, Sequence
@@ -129,11 +130,14 @@ def resumed_bytes(
 ) -> Callable[[int], int]:
     """Bytes of one copy of a resumed pass (`model.forward_from`, `patching.reuse`) as a function of the
     positions w it computes: measured on the longest resumed pass (from position 1, so a recurrent model
-    continues from a recorded state) and on the shortest (the last position), straight line between."""
+    continues from a recorded state) and on the shortest (the last position), straight line between.
+    Each runs on a fresh copy of a dataclass state (`dataclasses.replace`), so that buffers a model keeps
+    from pass to pass (the transformer's `KVSlots`) count in both."""
 
     def measure(pos: int) -> int:
+        fresh = dataclasses.replace(state) if dataclasses.is_dataclass(state) else state
         with model.hooks(fwd_hooks=[(name, _as_patched) for name in hooks]):
-            return peak_tensor_bytes(lambda: model.forward_from(state, 0, pos), device)
+            return peak_tensor_bytes(lambda: model.forward_from(fresh, 0, pos), device)
 
     if n_pos <= 2:
         full = measure(n_pos - 1)
