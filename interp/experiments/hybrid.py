@@ -267,7 +267,12 @@ VALUES = [
 def hybrid_figure(records: list[dict]) -> Figure:
     acc = _eval_frame(records, "accuracy")
     patch = _eval_frame(records, "patching")
-    patch = patch[patch["head"].isna() & (patch["region"] == "all")]
+    per_pos = patch[patch["pos"].notna()]
+    answer = per_pos[per_pos["region"] == "answer"]
+    answer = answer.groupby(["task", "model", "seed", "layer"], sort=False)["effect"].sum().reset_index()
+    long = acc[acc["length"] >= acc["max_len"]]
+    hyb = long[long["model"].str.startswith("hybrid")]
+    best = hyb.groupby("model")["string_acc"].mean().idxmax() if len(hyb) else None
     heads = _eval_frame(records, "lookup_heads")
     heads = heads[heads["activity"] >= MIN_ACTIVITY]
     heads = heads.groupby(["task", "model", "seed", "layer", "head"], sort=False)["value"].sum()
@@ -275,7 +280,7 @@ def hybrid_figure(records: list[dict]) -> Figure:
     sat = _eval_frame(records, "saturation")
     models = [m for m in MODELS if m in set(acc["model"])]
     palette = dict(zip(models, sns.color_palette("tab10", len(models))))
-    fig, axes = plt.subplots(2, 4, figsize=(20, 8.5))
+    fig, axes = plt.subplots(2, 5, figsize=(25, 8.5))
     for row, task in zip(axes, WHERE_TASKS):
         name = "copy" if task == "copy" else "suffix-key lookup"
         part = acc[acc["task"] == task]
@@ -296,10 +301,10 @@ def hybrid_figure(records: list[dict]) -> Figure:
         for ax, data, y, title, label in (
             (
                 row[1],
-                patch[patch["task"] == task],
+                answer[answer["task"] == task],
                 "effect",
-                "noising each layer's mixer",
-                "noising effect (fraction of the clean-corrupt logit gap)",
+                "noising each mixer at the answer",
+                "noising effect, summed over answer positions",
             ),
             (
                 row[2],
@@ -320,7 +325,7 @@ def hybrid_figure(records: list[dict]) -> Figure:
                 ax=ax,
             )
             ax.set(xlabel="layer", ylabel=label)
-            ax.set_title(f"{name}: {title} (L={longest})")
+            ax.set_title(f"{name}: {title}\n(strings of length {longest})")
         sp = sat[sat["task"] == task]
         seed_lineplot(sp, "length", "info_bits", row[3], palette=palette, hue_order=models)
         lengths = np.array(sorted(sp["length"].unique()))
@@ -328,11 +333,32 @@ def hybrid_figure(records: list[dict]) -> Figure:
         row[3].plot(lengths, per_letter * lengths, "k:", label="bits in the string")
         row[3].set(xlabel="string length (characters)", ylabel="bits of the string decodable at the answer")
         row[3].set_title(f"{name}: how full the state is")
-        for ax in row:
+        for ax in row[:4]:
             ax.legend(fontsize=7)
+        _position_heatmap(row[4], per_pos[(per_pos["task"] == task) & (per_pos["model"] == best)], name, best)
     fig.suptitle("SSMs, hybrids and a transformer at ~equal parameter count (mean ± sd over seeds)")
     fig.tight_layout()
     return fig
+
+
+def _position_heatmap(ax, rows: pd.DataFrame, name: str, model: str | None) -> None:
+    """Layer x position noising effects of one model (mean over seeds), string and answer marked."""
+    if rows.empty:
+        ax.set_axis_off()
+        return
+    grid = rows.pivot_table(index="layer", columns="pos", values="effect", aggfunc="mean")
+    image = ax.imshow(grid.values, aspect="auto", cmap="Reds", vmin=0, origin="lower")
+    ax.figure.colorbar(image, ax=ax, label="noising effect (fraction of the logit gap)")
+    first = rows.drop_duplicates("pos").set_index("pos")["region"]
+    for region, color in (("string", "tab:blue"), ("answer", "tab:green")):
+        where = [i for i, p in enumerate(grid.columns) if first.get(p) == region]
+        if where:
+            ax.axvspan(where[0] - 0.5, where[-1] + 0.5, ymin=0, ymax=0.03, color=color, label=region)
+    ax.set_yticks(range(len(grid.index)), [f"L{int(layer)} {k}" for layer, k in
+                  rows.drop_duplicates("layer").set_index("layer")["layer_kind"].reindex(grid.index).items()])  # fmt: skip
+    ax.set(xlabel="position (token)", ylabel="layer")
+    ax.set_title(f"{name}: {model}, noising one mixer\nat one position at a time (mean over seeds)")
+    ax.legend(fontsize=7, loc="upper left")
 
 
 def _attention_layers(pattern: str) -> list[int]:
