@@ -28,7 +28,7 @@ def to_dot(graph: CircuitGraph) -> str:
     for name, info in graph.nodes.items():
         by_layer.setdefault(info["layer"], []).append(name)
         label = name if not info["role"] else f"{name}\\n{_escape(info['role'])}"
-        fill = ', fillcolor="#dbe9f6"' if name == "logits" else ""
+        fill = ', fillcolor="#dbe9f6"' if name in ("logits", "embed") else ""
         lines.append(f'  "{name}" [label="{label}"{fill}];')
     for layer, names in sorted(by_layer.items()):
         lines.append("  { rank=same; " + " ".join(f'"{n}";' for n in names) + " }" + f"  // layer {layer}")
@@ -94,14 +94,17 @@ def draw_circuit(graph: CircuitGraph) -> Figure:
             bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5},
         )
     labels = {n: n if not i["role"] else f"{n}\n{i['role']}" for n, i in graph.nodes.items()}
-    colors = ["#dbe9f6" if n == "logits" else "#f4f4f4" for n in g.nodes]
+    colors = ["#dbe9f6" if n in ("logits", "embed") else "#f4f4f4" for n in g.nodes]
     nx.draw_networkx_nodes(
         g, pos, node_color=colors, node_size=2200, node_shape="s", edgecolors="#555", ax=ax
     )
     nx.draw_networkx_labels(g, pos, labels=labels, font_size=8, ax=ax)
     ax.set_yticks(sorted(by_layer))
     ax.set_yticklabels(
-        ["logits" if "logits" in names else f"layer {layer}" for layer, names in sorted(by_layer.items())]
+        [
+            "logits" if "logits" in names else "embed" if "embed" in names else f"layer {layer}"
+            for layer, names in sorted(by_layer.items())
+        ]
     )
     ax.tick_params(left=False, bottom=False, labelbottom=False)
     for side in ("top", "right", "bottom", "left"):
@@ -109,7 +112,7 @@ def draw_circuit(graph: CircuitGraph) -> Figure:
     ax.margins(x=0.25, y=0.2)
     title = graph.title or "circuit"
     ax.set_title(
-        f"{title}\n(edges: path-patching effect >= {graph.threshold:g} of the clean-corrupt gap)", fontsize=9
+        f"{title}\n(edges: {graph.measure} >= {graph.threshold:.2g} of the clean-corrupt gap)", fontsize=9
     )
     fig.tight_layout()
     return fig

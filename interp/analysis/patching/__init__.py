@@ -37,11 +37,20 @@ readout at t. Every result records which in `df.attrs["patch_semantics"]`.
 `attribution_patching` approximates every patch at once from one forward and one backward pass
 (gradient of the metric times the activation difference, Nanda 2023); `path_patching` measures the
 effect of sender heads on receiver heads' queries, keys or values, and on the logits directly
-(Wang et al. 2022), for the circuit diagrams in `interp.analysis.circuits`.
+(Wang et al. 2022), for the circuit diagrams in `interp.analysis.circuits`. `edge_attribution_patching`
+(EAP, EAP-IG) scores every edge between heads, MLPs, Mamba mixers, the embedding and the logits from two
+forwards and one backward (`patching.edges`); `edge_patching` measures each edge exactly, and
+`circuit_faithfulness` runs a circuit alone, every other edge patched to its corrupted value.
 """
 
 from interp.analysis.patching.activation import MODES, activation_patching, patch_grid
 from interp.analysis.patching.attribution import attribution_patching
+from interp.analysis.patching.edges import (
+    circuit_faithfulness,
+    edge_attribution_patching,
+    edge_graph,
+    edge_patching,
+)
 from interp.analysis.patching.metrics import METRICS, Metric, make_metric
 from interp.analysis.patching.path import head_name, path_patching
 from interp.analysis.patching.spec import PatchSpec, patch_specs
@@ -56,8 +65,12 @@ __all__ = [
     "activation_patching",
     "attribution_patching",
     "check_pair",
+    "circuit_faithfulness",
     "component_hook",
     "components",
+    "edge_attribution_patching",
+    "edge_graph",
+    "edge_patching",
     "head_name",
     "make_metric",
     "paired_batches",
