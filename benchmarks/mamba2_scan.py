@@ -3,15 +3,16 @@
 One training step = forward + next-token cross-entropy + backward, on the same weights (the Hugging
 Face model is built from a seed and HookedMamba2 loads its state dict) and the same tokens:
 
-    interp      HookedMamba2, chunked SSD scan (interp/models/ssd.py), chunk 64 unless --chunk-size
+    interp      HookedMamba2, chunked SSD scan (interp/models/ssd.py), chunk for the length (ssd.auto_chunk_size) unless --chunk-size
     hf          Mamba2ForCausalLM's pure-PyTorch path (`torch_forward`'s SSD chunked form, chunk_size
                 --hf-chunk-size, its default 256); mamba-ssm / causal-conv1d are not installed on CPU
 
 Each (implementation, length) runs in a fresh subprocess so the memory numbers do not mix. Memory:
 peak resident set size during the measured steps minus the RSS just before the first one, in MiB
 (activations kept for backward, gradients, temporaries, allocator slack). Throughput: tokens per
-second of the best timed step after a warm-up step. The first-step losses are printed: they agree,
-which shows both run the same computation.
+second of the best timed step after a warm-up step, by the wall clock and by process CPU time (with
+--threads 1 the latter is not inflated by other processes taking the core). The first-step losses are
+printed: they agree, which shows both run the same computation.
 
     python -m benchmarks.mamba2_scan                       # lengths 128 256 512 1024, batch 8
     python -m benchmarks.mamba2_scan --lengths 256 --threads 1 --quick
@@ -89,18 +90,21 @@ def worker(args: argparse.Namespace) -> dict:
 
     step(tokens[:, :16])  # fault in library code and thread pools before taking the RSS baseline
     base = rss_mib()
-    times, losses = [], []
+    times, cpu_times, losses = [], [], []
     deadline = time.perf_counter() + args.budget
     for _ in range(args.steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         losses.append(step(tokens))
         times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)
         if time.perf_counter() > deadline:
             break
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
     timed = times[1:] if len(times) > 1 else times
+    cpu_timed = cpu_times[1:] if len(cpu_times) > 1 else cpu_times
     return {
         "tok_s": args.batch * args.length / min(timed),
+        "cpu_tok_s": args.batch * args.length / min(cpu_timed),
         "median_s": statistics.median(timed),
         "steps": len(times),
         "peak_mib": peak - base,
@@ -187,21 +191,32 @@ def main(argv: list[str] | None = None) -> None:
         return fmt.format(r[key]) if key in r else "-"
 
     print()
-    print("| length | interp tok/s | hf tok/s | interp / hf | interp MiB | hf MiB | first-step loss |")
-    print("|---|---|---|---|---|---|---|")
+
+    def ratio(a, b, key):
+        return f"{a[key] / b[key]:.1f}x" if key in a and key in b else "-"
+
+    print(
+        "| length | interp tok/s | hf tok/s | interp / hf | interp / hf, CPU time | interp MiB | hf MiB "
+        "| first-step loss |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for length, res in rows:
         a, b = res.get("interp", {}), res.get("hf", {})
-        ratio = f"{a['tok_s'] / b['tok_s']:.1f}x" if "tok_s" in a and "tok_s" in b else "-"
         losses = " / ".join(sorted({f"{r['loss']:.5f}" for r in res.values() if "loss" in r}))
         print(
-            f"| {length} | {cell(a, 'tok_s', '{:,.0f}')} | {cell(b, 'tok_s', '{:,.0f}')} | {ratio} | "
+            f"| {length} | {cell(a, 'tok_s', '{:,.0f}')} | {cell(b, 'tok_s', '{:,.0f}')} | "
+            f"{ratio(a, b, 'tok_s')} | {ratio(a, b, 'cpu_tok_s')} | "
             f"{cell(a, 'peak_mib', '{:,.0f}')} | {cell(b, 'peak_mib', '{:,.0f}')} | {losses} |"
         )
     for length, res in rows:
         for impl, r in res.items():
             if "error" in r:
                 print(f"note: {impl} at {length}: {r['error']}")
-    print("MiB = peak RSS increase over one process's measured steps (fresh process per cell).")
+    print(
+        "MiB = peak RSS increase over one process's measured steps (fresh process per cell). "
+        "CPU time: the best step's process CPU time, which waiting for a core does not inflate "
+        "(the ratio to read on a shared machine with --threads 1)."
+    )
 
 
 def _fmt_short(r: dict) -> str:

@@ -99,14 +99,24 @@ def _heads(t: Tensor, n_heads: int) -> Tensor:
     return t.repeat_interleave(n_heads // t.shape[2], dim=2)
 
 
-def _causal_decay(cum: Tensor) -> Tensor:
+def _exp(t: Tensor) -> Tensor:
+    """exp of log decays, clamped to [-80, 80]: exp of very negative numbers (underflow to 0) takes a slow
+    path in PyTorch's CPU kernels (5-15x slower, measured); below e^-80 ~ 2e-35 a decay is 0 for every
+    purpose, and above e^80 the entry is masked to 0 or would overflow float32 anyway."""
+    return t.clamp(-80.0, 80.0).exp()
+
+
+def _causal_decay(cum: Tensor, inplace: bool = False) -> Tensor:
     """cum [..., Q] (within-chunk cumulative dt*A) -> exp(cum_t - cum_s) for s <= t, else 0: [..., Q, Q].
 
-    The upper triangle is filled with -inf *before* exp: cum_t - cum_s > 0 there and could overflow.
+    inplace: one buffer for every step (only where no autograd graph is built: in `_ChunkedScan`).
     """
     q = cum.shape[-1]
-    causal = torch.ones(q, q, dtype=torch.bool, device=cum.device).tril()
-    return (cum[..., :, None] - cum[..., None, :]).masked_fill(~causal, float("-inf")).exp()
+    causal = torch.ones(q, q, dtype=cum.dtype, device=cum.device).tril()
+    diff = cum[..., :, None] - cum[..., None, :]
+    if inplace:
+        return diff.clamp_(-80.0, 80.0).exp_().mul_(causal)
+    return _exp(diff) * causal
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,48 +177,143 @@ def ssd_scan_ref(
 # ---------------------------------------------------------------------------------------------
 # Chunked path
 # ---------------------------------------------------------------------------------------------
-def _chunked_factored(xf, dtf, Af, Bf, Cf, h0, q: int) -> tuple[Tensor, Tensor]:
-    """The SSD chunked form: (<C_t, h_t> [B, L, H, P], h_L [B, H, P, N]) without per-position states.
+class _ChunkedScan(torch.autograd.Function):
+    """The SSD chunked form as one autograd node, with a hand-written backward that recomputes the
+    intra-chunk [Q, Q] matrices instead of saving them (autograd kept several [B, c, H, Q, Q] tensors
+    per layer), and no intermediate tensors of autograd's between the steps.
 
-    Heads are split as (group g, head-in-group j) so that C B^T and the state readout are batched
-    per group and B, C are never repeated per head.
+    forward(x [B, L, H, P], dt [B, L, H] (discretised), A [H], B, C [B, L, G, N], D [H] or None,
+    h0 [B, H, P, N], q) -> (y = <C_t, h_t> + D x_t [B, L, H, P], h_L [B, H, P, N]). Positions are padded
+    to c * q with dt = 0 (decay 1, write 0). Per chunk, group g and head j (J heads a group; the (j, p)
+    columns are folded into one matmul wherever the other operand is the group's B or C):
+
+        X = dt x,  cum = within-chunk cumsum of dt A
+        M = (C B^T) * exp(cum_t - cum_s) [s <= t]      y_t = (M X)_t + exp(cum_t) C_t . start + D x_t
+        write = sum_s exp(cum_end - cum_s) X_s B_s^T    start_{k+1} = exp(cum_end) start_k + write_k
+
+    Saved for backward: X (head-major), x, dt, B, C, the states entering each chunk [B, c, H, P, N] and
+    the entering states' contribution to y [B, L, H, P]. Explicit copies put matmul operands in their
+    layout (matmul's own copies of strided operands were 2x slower); elementwise steps run in place
+    where they can (fresh large tensors cost page faults).
     """
-    b, length, h, p = xf.shape
-    g, n = Bf.shape[2:]
-    j = h // g
-    pad = (-length) % q
-    if pad:  # dt = 0 on padding: decay 1 and write 0, so the last state passes through unchanged
-        xf, dtf = F.pad(xf, (0, 0, 0, 0, 0, pad)), F.pad(dtf, (0, 0, 0, pad))
-        Bf, Cf = F.pad(Bf, (0, 0, 0, 0, 0, pad)), F.pad(Cf, (0, 0, 0, 0, 0, pad))
-    c = (length + pad) // q
-    a = (dtf * Af).view(b, c, q, g, j).permute(0, 1, 3, 4, 2)  # log decay, [B, c, G, J, Q]
-    cum = a.cumsum(-1)  # [B, c, G, J, Q]
-    xdt = (xf * dtf[..., None]).view(b, c, q, g, j, p)  # the write's x-factor dt * x
-    Bc, Cc = Bf.view(b, c, q, g, n), Cf.view(b, c, q, g, n)
 
-    # 1. inside each chunk: y_t = sum_{s <= t} (C_t . B_s) exp(cum_t - cum_s) dt_s x_s
-    scores = torch.einsum("bctgn,bcsgn->bcgts", Cc, Bc)  # [B, c, G, Q(t), Q(s)], once per group
-    M = _causal_decay(cum) * scores[:, :, :, None]  # [B, c, G, J, Q, Q]
-    y = torch.einsum("bcgjts,bcsgjp->bctgjp", M, xdt)  # [B, c, Q, G, J, P]
+    @staticmethod
+    def forward(ctx, x, dt, A, B, C, D, h0, q):
+        b, length, h, p = x.shape
+        g, n = B.shape[2:]
+        j = h // g
+        pad = (-length) % q
+        if pad:
+            x, dt = F.pad(x, (0, 0, 0, 0, 0, pad)), F.pad(dt, (0, 0, 0, pad))
+            B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
+        c = (length + pad) // q
+        cum = (dt * A).view(b, c, q, h).transpose(2, 3).cumsum(-1)  # [b, c, H, Q]
+        Xh = (x.view(b, c, q, h, p) * dt.view(b, c, q, h, 1)).transpose(2, 3).contiguous()  # [b, c, H, Q, P]
+        Bg = B.view(b, c, q, g, n).transpose(2, 3).contiguous()  # [b, c, G, Q, N]
+        Cg = C.view(b, c, q, g, n).transpose(2, 3).contiguous()
+        S = (Cg @ Bg.transpose(-1, -2))[:, :, :, None]  # C B^T once per group: [b, c, G, 1, Q, Q]
+        M = _causal_decay(cum, inplace=True).view(b, c, g, j, q, q).mul_(S)
+        y_intra = M.view(b, c, h, q, q) @ Xh  # [b, c, H, Q, P]
+        del M
+        # each chunk's write to the state at its end, for all the group's heads at once: [J*P, Q] @ [Q, N]
+        writes = _group_major(Xh * _exp(cum[..., -1:] - cum)[..., None], g).transpose(-1, -2) @ Bg
+        writes = writes.view(b, c, h, p, n)
+        chunk_decay = _exp(cum[..., -1])[..., None, None]  # [b, c, H, 1, 1]
+        starts = torch.empty_like(writes)  # the state entering each chunk
+        starts[:, 0] = h0
+        for k in range(c - 1):
+            torch.addcmul(writes[:, k], starts[:, k], chunk_decay[:, k], out=starts[:, k + 1])
+        last = torch.addcmul(writes[:, -1], starts[:, -1], chunk_decay[:, -1])
+        del writes
+        # the entering state's contribution exp(cum_t) C_t . start: [Q, N] @ [N, J*P] per group
+        y_in = (Cg @ starts.view(b, c, g, j * p, n).transpose(-1, -2)).view(b, c, g, q, j, p)
+        y_in = y_in.mul_(_exp(cum).view(b, c, g, j, q).transpose(3, 4)[..., None])
+        y_in = y_in.transpose(2, 3).reshape(b, c * q, h, p)  # a view when G = 1
+        y = y_in + y_intra.transpose(2, 3).reshape(b, c * q, h, p)
+        if D is not None:
+            y.addcmul_(x, D[:, None])
+        ctx.save_for_backward(Xh, x, dt, A, B, C, D, starts, y_in)
+        ctx.length, ctx.q = length, q
+        return (y[:, :length] if pad else y), last
 
-    # 2. each chunk's own contribution to the state at its end: sum_s exp(cum_end - cum_s) dt_s x_s B_s^T
-    to_end = torch.exp(cum[..., -1:] - cum)  # [B, c, G, J, Q]
-    xdt_end = xdt * to_end.permute(0, 1, 4, 2, 3)[..., None]  # [B, c, Q, G, J, P]
-    chunk_states = torch.einsum("bcsgjp,bcsgn->bcgjpn", xdt_end, Bc)  # [B, c, G, J, P, N]
+    @staticmethod
+    def backward(ctx, dy, dlast):
+        Xh, x, dt, A, B, C, D, starts, y_in = ctx.saved_tensors
+        length, q = ctx.length, ctx.q
+        b, c, h = Xh.shape[:3]
+        p, g, n = Xh.shape[-1], B.shape[2], B.shape[3]
+        j = h // g
+        if dy.shape[1] != c * q:
+            dy = F.pad(dy, (0, 0, 0, 0, 0, c * q - dy.shape[1]))
+        dyh = dy.view(b, c, q, h, p).transpose(2, 3).contiguous()  # [b, c, H, Q, P]
+        cum = (dt * A).view(b, c, q, h).transpose(2, 3).cumsum(-1)
+        Bg = B.view(b, c, q, g, n).transpose(2, 3).contiguous()
+        Cg = C.view(b, c, q, g, n).transpose(2, 3).contiguous()
+        # intra-chunk y = M X with M = decay * S, recomputed
+        decay = _causal_decay(cum, inplace=True).view(b, c, g, j, q, q)
+        S = (Cg @ Bg.transpose(-1, -2))[:, :, :, None]
+        dM = (dyh @ Xh.transpose(-1, -2)).view(b, c, g, j, q, q)
+        dS = (dM * decay).sum(3)  # [b, c, G, Q, Q]
+        M = decay.mul_(S)
+        dXh = M.view(b, c, h, q, q).transpose(-1, -2) @ dyh  # [b, c, H, Q, P]
+        R = dM.mul_(M).view(b, c, h, q, q)  # d/d(cum_t - cum_s) of every M entry
+        dcum = R.sum(-1) - R.sum(-2)
+        del decay, M, dM, R
+        dC = dS @ Bg  # [b, c, G, Q, N]
+        dB = dS.transpose(-1, -2) @ Cg
+        # the entering state's contribution y_in = exp(cum_t) C_t . start
+        dcum += (dy * y_in).sum(-1).view(b, c, q, h).transpose(2, 3)
+        dyin = _group_major(dyh * _exp(cum)[..., None], g)  # [b, c, G, Q, J*P] (dyh may be a view of dy)
+        dC += dyin @ starts.view(b, c, g, j * p, n)  # [Q, J*P] @ [J*P, N]
+        dstarts = (dyin.transpose(-1, -2) @ Cg).view(b, c, h, p, n)  # [b, c, G, J*P, N]
+        del dyin, dyh
+        # start_{k+1} = exp(cum_end_k) start_k + write_k, backwards: dW_k = dL/d write_k = dL/d start_{k+1}
+        chunk_decay = _exp(cum[..., -1])[..., None, None]  # [b, c, H, 1, 1]
+        dW = torch.empty_like(starts)
+        dW[:, -1] = 0 if dlast is None else dlast
+        for k in range(c - 1, 0, -1):
+            torch.addcmul(dstarts[:, k], dW[:, k], chunk_decay[:, k], out=dW[:, k - 1])
+        dh0 = dstarts[:, 0].addcmul_(dW[:, 0], chunk_decay[:, 0])
+        del dstarts
+        flat = (b * c * h, 1, p * n)
+        dot = (dW.view(flat) @ starts.view(flat).transpose(-1, -2)).view(b, c, h)  # <dW_k, start_k>
+        dcum[..., -1] += dot * chunk_decay[..., 0, 0]
+        # writes = Xw^T B with Xw = X * exp(cum_end - cum_s)
+        dW = dW.view(b, c, g, j * p, n)
+        to_end = _exp(cum[..., -1:] - cum)[..., None]  # [b, c, H, Q, 1]
+        dB += _group_major(Xh * to_end, g) @ dW
+        dXw = (Bg @ dW.transpose(-1, -2)).view(b, c, g, q, j, p).transpose(3, 4).reshape(b, c, h, q, p)
+        dXw.mul_(to_end)  # dL/dX through the writes, [b, c, H, Q, P]
+        dw = (dXw * Xh).sum(-1)  # [b, c, H, Q]: dL/d(cum_end - cum_s)
+        dXh += dXw
+        dcum -= dw
+        dcum[..., -1] += dw.sum(-1)
+        # X = dt x and y += D x
+        dX = dXh.transpose(2, 3).reshape(b, c * q, h, p)
+        ddt = (dX * x).sum(-1)
+        dx = dX.mul_(dt[..., None])
+        dD = None
+        if D is not None:
+            dx.addcmul_(dy, D[:, None])
+            dD = (dy * x).sum((0, 1, 3))
+        # cum = cumsum(dt A) within each chunk
+        da = dcum.flip(-1).cumsum(-1).flip(-1).transpose(2, 3).reshape(b, c * q, h)
+        ddt += da * A
+        dA = (da * dt).sum((0, 1))
+        dB, dC = dB.transpose(2, 3).reshape(b, c * q, g, n), dC.transpose(2, 3).reshape(b, c * q, g, n)
+        cut = lambda t: t[:, :length]  # noqa: E731
+        return cut(dx), cut(ddt), dA, cut(dB), cut(dC), dD, dh0, None
 
-    # 3. states at chunk boundaries: a short loop over chunks (L / Q of them)
-    chunk_decay = torch.exp(cum[..., -1])[..., None, None]  # [B, c, G, J, 1, 1]
-    state = h0.view(b, g, j, p, n)
-    starts = []
-    for k in range(c):
-        starts.append(state)
-        state = chunk_decay[:, k] * state + chunk_states[:, k]
-    start = torch.stack(starts, dim=1)  # [B, c, G, J, P, N], the state entering each chunk
 
-    # 4. what the entering state contributes to each output: exp(cum_t) <C_t, h_start>
-    y_in = torch.einsum("bctgn,bcgjpn->bctgjp", Cc, start)  # [B, c, Q, G, J, P]
-    y = y + y_in * torch.exp(cum).permute(0, 1, 4, 2, 3)[..., None]
-    return y.reshape(b, c * q, h, p)[:, :length], state.reshape(b, h, p, n)
+def _group_major(t: Tensor, g: int) -> Tensor:
+    """[b, c, H, Q, P] -> [b, c, G, Q, J*P] (contiguous): a group's heads side by side as matmul columns."""
+    b, c, h, q, p = t.shape
+    return t.view(b, c, g, h // g, q, p).transpose(3, 4).reshape(b, c, g, q, h // g * p)
+
+
+def _chunked_factored(xf, dtf, Af, Bf, Cf, Df, h0, q: int) -> tuple[Tensor, Tensor]:
+    """The SSD chunked form: (y [B, L, H, P] with the D term, h_L [B, H, P, N]), no per-position states."""
+    return _ChunkedScan.apply(xf, dtf, Af, Bf, Cf, Df, h0, q)
 
 
 def _chunked_states(xf, dtf, Af, Bf, Cf, h0, q: int, write, mask, val) -> tuple[Tensor, Tensor]:
@@ -287,9 +392,11 @@ def ssd_scan_chunked(
         wf = write.to(f) if write is not None else None
         y, states = _chunked_states(xf, dtf, Af, Bf, Cf, h0, q, wf, mask, val)
         last = states[:, :, -1] if length else h0
+    elif length:  # the fast path: D's term is added inside
+        y, last = _chunked_factored(xf, dtf, Af, Bf, Cf, D.to(f) if D is not None else None, h0, q)
+        return (y.to(x.dtype), last) if return_last_state else y.to(x.dtype)
     else:
-        y, last = _chunked_factored(xf, dtf, Af, Bf, Cf, h0, q) if length else (xf.new_zeros(b, 0, h, p), h0)
-        states = None
+        y, last, states = xf.new_zeros(b, 0, h, p), h0, None
     if D is not None:
         y = y + xf * D.to(f)[:, None]
     y = y.to(x.dtype)
