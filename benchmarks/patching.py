@@ -1,33 +1,44 @@
 """Activation patching: reused computation and batching vs one forward per patch (the loop) and
 TransformerLens's own patching.
 
-    python -m benchmarks.patching                                  # default grid (minutes)
-    python -m benchmarks.patching --layers 2 4 --batches 8 32 --lengths 64 256   # issue 15's grid
+    python -m benchmarks.patching                                  # issue 15's grid (an hour on 1 CPU)
+    python -m benchmarks.patching --layers 2 --batches 8 --lengths 64   # one transformer size
     python -m benchmarks.patching --quick                          # smoke test
 
-Workload: full layer x head x position patching of `hook_z` (noising) on the hash-copy construction
+Workload: full layer x head x position noising of `hook_z` on the hash-copy construction
 (`interp.models.hash_copy`, 2 layers x 5 heads, whose circuit is known) and on GPT-style transformers
-of width 64 with 4 heads and 2 or 4 layers (random weights: speed does not depend on the weights, and
-nothing is trained in a benchmark). Methods, all `activation_patching` unless said:
+(RoPE, width 64, 4 heads, 2 or 4 layers); full layer x channel group (4) x position noising of Mamba-1's
+`hook_ssm_state` (width 64, 2 layers, d_state 16). Lengths are string lengths: 2 * L + 3 positions. The
+transformers and Mamba are trained briefly on the copy task first (`--train-steps`, default 150 steps
+of `interp.training.train`, cached in the temp folder): not random weights, though speed does not
+depend on the weights. Methods, all `activation_patching` unless said:
 - "reuse": each patched forward starts at the patch's layer and position from one recorded forward
-  (cached residual stream and keys/values; `interp.analysis.patching.reuse`), a position-local patch
-  runs its own block on its position alone; copies per pass from `max_memory` (default).
+  (residual stream, keys/values, Mamba's conv window and state; `interp.analysis.patching.reuse`); a
+  position-local patch runs its own block on its position alone; copies per pass from `max_memory`.
 - "batched": K copies of the batch per full forward, a different patch in each.
 - "loop": one forward of the B examples per patch, the baseline.
 - "tl": TransformerLens's `patching.generic_activation_patch` with
-  `layer_pos_head_vector_patch_setter` (= `get_act_patch_attn_head_out_by_pos`) on the same model.
+  `layer_pos_head_vector_patch_setter` (= `get_act_patch_attn_head_out_by_pos`) on the same model
+  (transformers only).
 - "attribution": one forward + one backward (an approximation; its Pearson r with the exact effects on
   the hash-copy model is printed).
-Large grids take hours with the loop, so "loop" and "tl" time a seeded sample of `--sample` patches
-and report seconds scaled to the full grid (per-patch cost is the same for every patch of these two).
-Correctness is checked before timing: reuse and batched against the loop on the sampled patches.
-Timings on a shared CPU vary with the load of other processes (the header reports it).
+"reuse" runs the whole grid. "batched", "loop" and "tl" cost the same for every patch, so they run a
+seeded sample of `--sample` patches and report seconds scaled to the full grid. Correctness is checked
+on the sample first: reuse and batched against the loop. Each method runs once, timed (`--repeats N`:
+the median of N interleaved runs). Peak memory: the most tensor memory a method held at once
+(`patching.memory.peak_tensor_bytes`), measured on a separate run over a few patches including the
+longest passes (the first positions). Timings on a shared CPU vary with the load of other processes
+(the header reports it).
 """
 
 from __future__ import annotations
 
 import random
+import sys
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -39,48 +50,72 @@ from interp.analysis.patching import (
     paired_batches,
     patch_specs,
 )
+from interp.analysis.patching.memory import peak_tensor_bytes
 from interp.models import build_model
 from interp.models.hash_copy import build_hash_copy
 from interp.tasks import TaskConfig
 
-MODULE = "benchmarks.patching"
 TARGET_RATIO = 10.0
 N_LETTERS = 8
-SAMPLED = ("loop", "tl")  # methods timed on a sample of patches, scaled to the grid
+SAMPLED = ("batched", "loop", "tl")  # methods timed on a sample of patches, scaled to the grid
+METHODS = ("reuse", "batched", "loop", "tl", "attribution")
+TASK = TaskConfig(task="copy", n_letters=N_LETTERS, max_len=512, unique_ngrams=True, ngram=3)
 
 
 @dataclass(frozen=True)
 class Case:
-    model: str  # "hash-copy" | "transformer-L{n}"
+    model: str  # "hash-copy" | "transformer-L{n}" | "mamba-L{n}"
     batch: int  # clean/corrupted example pairs
     length: int  # string length (positions = 2 * length + 3)
 
     @property
-    def label(self) -> str:
-        return self.model
+    def family(self) -> str:
+        return self.model.split("-")[0]
 
 
 def cases(args) -> list[Case]:
     if args.quick:
-        return [Case("hash-copy", 2, 4)]
+        return [Case("hash-copy", 2, 4), Case("mamba-L2", 2, 4)]
     grid = [Case(f"transformer-L{n}", b, t) for n in args.layers for b in args.batches for t in args.lengths]
-    return [Case("hash-copy", 16, 12)] + grid
+    mamba = [Case("mamba-L2", b, min(args.lengths)) for b in args.batches]
+    return [Case("hash-copy", 16, 12)] + grid + mamba
 
 
-def workload(case: Case):
-    """(model, clean tokens, corrupt tokens, metric, specs) for one case."""
+def trained(name: str, steps: int):
+    """A 2- or 4-layer transformer or a Mamba, trained `steps` steps on copying (cached on disk)."""
+    family, n_layers = name.split("-L")
+    kw = dict(d_vocab=TASK.vocab.size, d_model=64, n_layers=int(n_layers))
+    kw.update(n_heads=4, n_ctx=1024) if family == "transformer" else kw.update(d_state=16)
     torch.manual_seed(0)
-    task = TaskConfig(task="copy", n_letters=N_LETTERS, max_len=512, unique_ngrams=True, ngram=3)
-    if case.model == "hash-copy":
-        model = build_hash_copy(N_LETTERS, 3, n_ctx=1024)
-    else:
-        n_layers = int(case.model.rsplit("L", 1)[1])
-        model = build_model(
-            "transformer", d_vocab=task.vocab.size, d_model=64, n_layers=n_layers, n_heads=4, n_ctx=1024
-        ).eval()
-    clean, corrupt = paired_batches(task, case.batch, case.length)
+    model = build_model(family, **kw)
+    if steps:
+        path = Path(tempfile.gettempdir()) / "interp-benchmark-patching" / f"{name}-{steps}.pt"
+        if path.exists():
+            model.load_state_dict(torch.load(path))
+        else:
+            from interp.training import TrainConfig, train  # noqa: PLC0415
+
+            task = TaskConfig(task="copy", n_letters=N_LETTERS, max_len=64, unique_ngrams=True, ngram=3)
+            cfg = TrainConfig(steps=steps, warmup_steps=min(20, steps), eval_every=0, eval_examples=32)
+            train(model, task, cfg, progress=False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def workload(case: Case, steps: int):
+    """(model, clean tokens, corrupt tokens, metric, specs) for one case."""
+    model = (
+        build_hash_copy(N_LETTERS, 3, n_ctx=1024) if case.model == "hash-copy" else trained(case.model, steps)
+    )
+    torch.manual_seed(0)
+    clean, corrupt = paired_batches(TASK, case.batch, case.length)
     metric = make_metric("logit_diff", clean, corrupt)
-    specs = patch_specs(model, "z", heads=True, positions=True, n_pos=clean.tokens.shape[1])
+    n = clean.tokens.shape[1]
+    if case.family == "mamba":
+        specs = patch_specs(model, "ssm_state", positions=True, channel_groups=4, n_pos=n)
+    else:
+        specs = patch_specs(model, "z", heads=True, positions=True, n_pos=n)
     return model, clean.tokens, corrupt.tokens, metric, specs
 
 
@@ -88,10 +123,7 @@ def sample(specs, n: int):
     return specs if n >= len(specs) else random.Random(0).sample(specs, n)
 
 
-def runner(case: Case, method: str, n_sample: int):
-    model, clean, corrupt, metric, specs = workload(case)
-    if method in SAMPLED:
-        specs = sample(specs, n_sample)
+def runner(method: str, model, clean, corrupt, metric, specs):
     if method == "attribution":
         return lambda: attribution_patching(model, clean, corrupt, metric, specs, mode="noise")
     if method == "tl":
@@ -121,11 +153,49 @@ def tl_runner(model, clean, corrupt, metric, specs):
     return run
 
 
-def memory_probe(spec: dict) -> float:
-    """Peak MiB of one patching run (runs in a fresh process, see common.run_probes)."""
-    case = Case(**spec["case"])
-    runner(Case(case.model, 1, 4), spec["method"], 4)()  # warm-up on a tiny input
-    return common.measure_peak(runner(case, spec["method"], spec["sample"]))
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def run_case(case: Case, args) -> dict:
+    """Seconds for the full grid per method, the metric differences from the loop, peak MiB, r."""
+    model, clean, corrupt, metric, specs = workload(case, 0 if args.quick else args.train_steps)
+    n = len(specs)
+    chosen = sample(specs, args.sample)
+    pick = [specs.index(s) for s in chosen]
+    methods = [m for m in METHODS if not (m == "tl" and case.family == "mamba")]
+    fns = {m: runner(m, model, clean, corrupt, metric, chosen if m in SAMPLED else specs) for m in methods}
+    for m in methods:  # warm-up: first-call costs (imports, allocator growth) are not the method's
+        runner(m, model, clean, corrupt, metric, chosen[:2])()
+    out, sec = {}, {}
+    for m in methods:
+        out[m], sec[m] = timed(fns[m])
+    if args.repeats and args.repeats > 1:
+        sec = common.time_interleaved(fns, repeats=args.repeats, warmup=0)
+    sec = {m: s * (n / len(chosen) if m in SAMPLED else 1.0) for m, s in sec.items()}
+    loop = torch.tensor(out["loop"].metric.values)
+    diffs = {
+        "reuse": float((torch.tensor(out["reuse"].metric.values)[pick] - loop).abs().max()),
+        "batched": float((torch.tensor(out["batched"].metric.values) - loop).abs().max()),
+    }
+    for m, d in diffs.items():
+        assert d < 1e-4, f"{m} and loop patching disagree by {d} on {case}"
+    if "tl" in out:
+        diffs["tl"] = float((out["tl"].flatten().cpu() - loop).abs().max())
+    corr = float("nan")
+    if case.model == "hash-copy":
+        corr = float(out["reuse"].effect.corr(out["attribution"].effect))
+    mem = {}
+    if not args.no_memory:  # a few patches, the longest passes (position 0) among them
+        few = sorted(chosen[:4] + [s for s in specs if s.pos == 0][:4], key=specs.index)
+        mem = {
+            m: peak_tensor_bytes(runner(m, model, clean, corrupt, metric, few)) / 2**20
+            for m in methods
+            if m != "attribution"
+        }
+    return dict(case=case, n=n, sec=sec, diffs=diffs, corr=corr, mem=mem)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,11 +203,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, nargs="+", default=[2, 4], help="transformer depths")
     p.add_argument("--batches", type=int, nargs="+", default=[8, 32], help="example pairs per grid")
     p.add_argument(
-        "--lengths", type=int, nargs="+", default=[64], help="string lengths (2 * L + 3 positions)"
+        "--lengths", type=int, nargs="+", default=[64, 256], help="string lengths (2 * L + 3 positions)"
     )
     p.add_argument(
-        "--sample", type=int, default=64, help="patches timed for loop and tl (scaled to the grid)"
+        "--sample", type=int, default=64, help="patches timed for batched, loop and tl (scaled to the grid)"
     )
+    p.add_argument("--train-steps", type=int, default=150, help="copy-task training steps per model")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(
@@ -145,79 +216,60 @@ def main(argv: list[str] | None = None) -> int:
             "Activation patching: reuse / batched vs one forward per patch and TransformerLens", args.threads
         )
     )
-    methods = ("reuse", "batched", "loop", "tl", "attribution")
-    n_sample = 10**9 if args.quick else args.sample
-    results = []  # (case, n_patches, {method: seconds for the full grid}, diffs, correlation)
+    print(
+        f"models trained {0 if args.quick else args.train_steps} steps on copying; batched, loop and tl "
+        f"timed on {args.sample} sampled patches and scaled to the grid\n"
+    )
+    results = []
     for case in cases(args):
-        model, clean, corrupt, metric, specs = workload(case)
-        n = len(specs)
-        fns = {m: runner(case, m, n_sample) for m in methods}
-        out = {m: fns[m]() for m in ("reuse", "batched", "loop")}
-        chosen = sample(specs, n_sample)
-        pick = [specs.index(s) for s in chosen] if len(chosen) < n else list(range(n))
-        loop = torch.tensor(out["loop"].metric.values)
-        diffs = {
-            m: float((torch.tensor(out[m].metric.values)[pick] - loop).abs().max())
-            for m in ("reuse", "batched")
-        }
-        for m, d in diffs.items():
-            assert d < 1e-4, f"{m} and loop patching disagree by {d}"
-        tl = fns["tl"]()
-        diffs["tl"] = (
-            float((tl.flatten().cpu() - loop).abs().max()) if tl.numel() == len(pick) else float("nan")
+        r = run_case(case, args)
+        results.append(r)
+        ratio = r["sec"]["loop"] / r["sec"]["reuse"]
+        print(
+            f"done {case}: reuse {r['sec']['reuse']:.1f} s, {ratio:.1f}x the loop",
+            file=sys.stderr,
+            flush=True,
         )
-        corr = float("nan")
-        if case.model == "hash-copy":
-            corr = float(out["reuse"].effect.corr(fns["attribution"]().effect))
-        sec = common.time_interleaved(fns, repeats=args.repeats or 1, warmup=0)
-        scale = {m: n / len(chosen) if m in SAMPLED else 1.0 for m in methods}
-        results.append((case, n, {m: sec[m] * scale[m] for m in methods}, diffs, corr))
-
-    mem: dict = {}
-    if not args.no_memory:
-        last = results[-1][0]
-        keys = [(last, m) for m in ("reuse", "batched", "loop")]
-        specs = [{"case": vars(c), "method": m, "sample": n_sample} for c, m in keys]
-        mem = dict(zip(keys, common.run_probes(MODULE, "memory_probe", specs, args.threads)))
 
     rows = []
-    for case, n, sec, _, _ in results:
-        for m in methods:
+    for r in results:
+        case, sec = r["case"], r["sec"]
+        for m in METHODS:
+            if m not in sec:
+                continue
             rows.append(
                 [
-                    case.label,
+                    case.model,
                     case.batch,
                     2 * case.length + 3,
-                    n,
-                    m + (" (sampled)" if m in SAMPLED and n > n_sample else ""),
+                    r["n"],
+                    m + (" (sampled)" if m in SAMPLED and r["n"] > args.sample else ""),
                     f"{sec[m]:.2f}",
                     f"{sec['loop'] / sec[m]:.2f}x",
-                    f"{sec['tl'] / sec[m]:.2f}x",
-                    common.fmt_mib(mem.get((case, m))),
+                    f"{sec['tl'] / sec[m]:.2f}x" if "tl" in sec else "-",
+                    common.fmt_mib(r["mem"].get(m)),
                 ]
             )
     headers = ["model", "batch", "positions", "patches", "method", "seconds", "vs loop", "vs TL", "peak MiB"]
     print(common.table(headers, rows))
+    label = lambda c: f"{c.model} B={c.batch} P={2 * c.length + 3}"  # noqa: E731
     for m in ("reuse", "batched"):
-        ratios = [sec["loop"] / sec[m] for _, _, sec, _, _ in results]
-        tl_ratios = [sec["tl"] / sec[m] for _, _, sec, _, _ in results]
+        ratios = [r["sec"]["loop"] / r["sec"][m] for r in results]
+        tl = [r["sec"]["tl"] / r["sec"][m] for r in results if "tl" in r["sec"]]
         verdict = "target met" if min(ratios) >= TARGET_RATIO else "TARGET MISSED on this machine"
-        per_case = ", ".join(
-            f"{c.label} B={c.batch} P={2 * c.length + 3}: {r:.1f}x" for (c, *_), r in zip(results, ratios)
-        )
         print(
-            f"\nratio loop / {m}: {min(ratios):.1f}x-{max(ratios):.1f}x (target >= {TARGET_RATIO:.0f}x): {verdict}; "
-            f"TransformerLens / {m}: {min(tl_ratios):.1f}x-{max(tl_ratios):.1f}x"
+            f"\nratio loop / {m}: {min(ratios):.1f}x-{max(ratios):.1f}x (target >= {TARGET_RATIO:.0f}x): "
+            f"{verdict}; TransformerLens / {m}: {min(tl):.1f}x-{max(tl):.1f}x"
         )
-        print(f"  per case: {per_case}")
-    attr = [sec["loop"] / sec["attribution"] for _, _, sec, _, _ in results]
+        print("  per case: " + ", ".join(f"{label(r['case'])}: {x:.1f}x" for r, x in zip(results, ratios)))
+    attr = [r["sec"]["loop"] / r["sec"]["attribution"] for r in results]
     print(f"ratio loop / attribution patching: {min(attr):.0f}x-{max(attr):.0f}x")
-    corrs = [corr for *_, corr in results if corr == corr]
+    corrs = [r["corr"] for r in results if r["corr"] == r["corr"]]
     print(
         "attribution vs activation patching (hash-copy, layer x head x position, noising): Pearson r = "
         + ", ".join(f"{c:.3f}" for c in corrs)
     )
-    worst = {m: max(d[m] for *_, d, _ in results) for m in ("reuse", "batched", "tl")}
+    worst = {m: max(r["diffs"].get(m, 0.0) for r in results) for m in ("reuse", "batched", "tl")}
     print(f"batched == loop: max |metric difference| {worst['batched']:.2e}")
     print(
         f"reuse == loop: max |metric difference| {worst['reuse']:.2e}; TransformerLens == loop: {worst['tl']:.2e}"
