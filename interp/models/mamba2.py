@@ -34,8 +34,8 @@ are computed only when a hook function or a cache asks for them, and the state h
 recurrence: patching h_t changes the outputs at t and every later position, never earlier ones (the
 bridge's patch changes only the readout at t).
 
-`ssm_attention(tokens)` is the exact hidden attention matrix of every layer (SSD's sequence map,
-`interp.models.ssd.ssd_attention`), for the head detectors.
+`ssm_attention(tokens)` is the exact hidden attention matrix of every layer, {layer: M} (SSD's sequence
+map, `interp.models.ssd.ssd_attention`), for the head detectors.
 
 Parameter names are Hugging Face's below `blocks.{l}.mixer` (in_proj, conv1d, dt_bias, A_log, D,
 norm.weight, out_proj); `interp.models.hf.mamba2` renames the rest (`backbone.layers.{l}` etc.).
@@ -57,7 +57,7 @@ from torch import Tensor, nn
 from interp.config import Config
 from interp.models.base import Hook, HookedModel, StateSize
 from interp.models.mamba import RMSNorm
-from interp.models.ssd import IMPLS, discretize_dt, ssd_attention, ssd_scan
+from interp.models.ssd import IMPLS, discretize_dt, layer_attention, ssd_scan
 
 
 @dataclass
@@ -443,27 +443,10 @@ class HookedMamba2(HookedModel):
         return self.step(token, cache)
 
     # ---- analysis helpers -----------------------------------------------------------------------
-    @torch.no_grad()
-    def ssm_attention(self, tokens: Tensor) -> Tensor:
-        """The exact hidden attention matrix of every layer: [n_layers, B, H, P(t), P(s)].
-
-        y_t = sum_s M[t, s] x_s + D x_t for the scan input x (`hook_ssm_in`) and output y (`hook_scan_out`)
-        of each head; see `interp.models.ssd.ssd_attention`. Rows are not normalised (the head detectors'
-        patterns are |M| / row sum).
-        """
-        names = [
-            f"blocks.{layer}.mixer.hook_{h}"
-            for layer in range(self.cfg.n_layers)
-            for h in ("ssm_dt", "B", "C")
-        ]
-        _, cache = self.run_with_cache(tokens, names_filter=names)
-        out = []
-        for layer, block in enumerate(self.blocks):
-            pre = f"blocks.{layer}.mixer.hook_"
-            dt = discretize_dt(cache[pre + "ssm_dt"], None, True, self.cfg.dt_limit, torch.float32)
-            A = -torch.exp(block.mixer.A_log.float())
-            out.append(ssd_attention(dt, A, cache[pre + "B"], cache[pre + "C"]))
-        return torch.stack(out)
+    def ssm_attention(self, tokens: Tensor) -> dict[int, Tensor]:
+        """The exact hidden attention matrix of every layer, {layer: [B, H, P(t), P(s)]} as the hybrid's
+        (`interp.models.ssd.layer_attention`; the head detectors' patterns are |M| / row sum)."""
+        return layer_attention(self, tokens, range(self.cfg.n_layers))
 
     def state_size(self) -> StateSize:
         cfg = self.cfg
