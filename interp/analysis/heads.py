@@ -189,8 +189,7 @@ def ssm_patterns(model, tokens: Tensor, reduce: str = "mean") -> dict[int, Tenso
                 B, C = cache[pre + "B"], cache[pre + "C"]
             out[layer] = ssm_attention(cache[pre + "ssm_dt"], B, C, A_log)
     if any(kind == "mamba2" for kind in kinds.values()):
-        M2 = model.ssm_attention(tokens)  # HookedMamba2: [L, B, H, P, P]; HookedHybrid: {layer: [B, H, P, P]}
-        M2 = M2 if isinstance(M2, dict) else dict(enumerate(M2))
+        M2 = model.ssm_attention(tokens)  # {layer: [B, H, P, P]}
         out |= {layer: M2[layer] for layer, kind in kinds.items() if kind == "mamba2"}
     patterns = {}
     for layer in sorted(out):

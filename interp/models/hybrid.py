@@ -35,6 +35,7 @@ from interp.config import Config
 from interp.models.base import Hook, HookedModel
 from interp.models.mamba import MambaBlock, MambaConfig, RMSNorm, init_mamba_mixer
 from interp.models.mamba2 import Mamba2Block, Mamba2Config, init_mamba2_mixer
+from interp.models.ssd import layer_attention
 from interp.models.transformer import Attention, KVCache, TransformerConfig, attention_bias, rotary_cos_sin
 
 LAYER_KINDS = ("mamba", "mamba2", "attn", "mlp")
@@ -358,20 +359,7 @@ class HookedHybrid(HookedModel):
         logits = self.lm_head(self.ln_final(x)).float()
         return logits, HybridCache(ssm=ssm, kv=cache.kv, n_tokens=cache.n_tokens + 1)
 
-    @torch.no_grad()
     def ssm_attention(self, tokens: Tensor) -> dict[int, Tensor]:
-        """The exact hidden attention matrices of the Mamba-2 layers: {layer: [B, H, P, P]} (see
-        `HookedMamba2.ssm_attention`)."""
-        from interp.models.ssd import discretize_dt, ssd_attention
-
-        layers = self.cfg.layers_of("mamba2")
-        names = [f"blocks.{layer}.mixer.hook_{h}" for layer in layers for h in ("ssm_dt", "B", "C")]
-        _, cache = self.run_with_cache(tokens, names_filter=names)
-        out = {}
-        for layer in layers:
-            mixer, pre = self.blocks[layer].mixer, f"blocks.{layer}.mixer.hook_"
-            dt = discretize_dt(cache[pre + "ssm_dt"], None, True, mixer.cfg.dt_limit, torch.float32)
-            out[layer] = ssd_attention(
-                dt, -torch.exp(mixer.A_log.float()), cache[pre + "B"], cache[pre + "C"]
-            )
-        return out
+        """The exact hidden attention matrices of the Mamba-2 layers: {layer: [B, H, P, P]}, as
+        `HookedMamba2.ssm_attention` (`interp.models.ssd.layer_attention`)."""
+        return layer_attention(self, tokens, self.cfg.layers_of("mamba2"))

@@ -464,3 +464,20 @@ def ssd_attention(dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
     scores = torch.einsum("btgn,bsgn->bgts", C.to(f), B.to(f))  # [B, G, L, L]
     scores = scores.repeat_interleave(h // B.shape[2], dim=1)  # [B, H, L, L]
     return scores * _causal_decay(cum) * dtf.transpose(1, 2)[:, :, None, :]
+
+
+@torch.no_grad()
+def layer_attention(model, tokens: Tensor, layers) -> dict[int, Tensor]:
+    """{layer: M [B, H, P(t), P(s)]}: `ssd_attention` of the Mamba-2 mixers `model.blocks[layer].mixer`,
+    from one forward that caches their `hook_ssm_dt`, `hook_B` and `hook_C` (HookedMamba2 and
+    HookedHybrid's `ssm_attention`). y_t = sum_s M[t, s] x_s + D x_t for each head's scan input x
+    (`hook_ssm_in`) and output y (`hook_scan_out`); rows are not normalised."""
+    layers = list(layers)
+    names = [f"blocks.{layer}.mixer.hook_{h}" for layer in layers for h in ("ssm_dt", "B", "C")]
+    _, cache = model.run_with_cache(tokens, names_filter=names)
+    out = {}
+    for layer in layers:
+        mixer, pre = model.blocks[layer].mixer, f"blocks.{layer}.mixer.hook_"
+        dt = discretize_dt(cache[pre + "ssm_dt"], None, True, mixer.cfg.dt_limit, torch.float32)
+        out[layer] = ssd_attention(dt, -torch.exp(mixer.A_log.float()), cache[pre + "B"], cache[pre + "C"])
+    return out
