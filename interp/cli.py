@@ -439,10 +439,11 @@ def docs_command(serve: bool = False, addr: str = "127.0.0.1:8000", out: str | N
 def cmd_docs(args: argparse.Namespace) -> int:
     command = docs_command(args.serve, args.addr, args.out)
     root = Path(command[command.index("-f") + 1]).parent  # mkdocs.yml names its folders from the repo root
-    env = {
-        **os.environ,
-        "NO_MKDOCS_2_WARNING": "1",
-    }  # Material's banner about MkDocs 2.0, not about this site
+    # NO_MKDOCS_2_WARNING: Material's banner about MkDocs 2.0 is not about this site
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    if args.serve:  # runs until stopped: become the server, so that Ctrl-C or kill reaches it (no orphan)
+        os.chdir(root)
+        os.execve(command[0], command, env)
     return subprocess.run(command, cwd=root, env=env).returncode
 
 
