@@ -1,0 +1,268 @@
+"""Edge attribution patching (EAP, EAP-IG), edge-level patching and circuit faithfulness."""
+
+import matplotlib
+import pytest
+import torch
+from scipy.stats import spearmanr
+
+from interp.analysis.circuits import circuit_from_edges, drawing, render, to_dot
+from interp.analysis.patching import (
+    Metric,
+    circuit_faithfulness,
+    edge_attribution_patching,
+    edge_graph,
+    edge_patching,
+    make_metric,
+    paired_batches,
+    path_patching,
+)
+from interp.analysis.patching.edges import head_writes
+from interp.models import build_model
+from interp.models.hash_copy import build_hash_copy, planted_heads
+from interp.tasks import TaskConfig
+
+matplotlib.use("Agg")
+N = 3
+TASK = TaskConfig(task="copy", n_letters=8, max_len=40, unique_ngrams=True, ngram=N)
+KEY = ["sender", "receiver", "input"]
+
+
+@pytest.fixture(scope="module")
+def hash_copy():
+    model = build_hash_copy(8, N, n_ctx=128)
+    clean, corrupt = paired_batches(TASK, 6, 16)
+    metric = make_metric("logit_diff", clean, corrupt)
+    args = (model, clean.tokens, corrupt.tokens, metric)
+    eap = edge_attribution_patching(*args)
+    ig = edge_attribution_patching(*args, method="eap-ig", steps=10)
+    return args, eap, ig
+
+
+def planted_edges(n: int) -> set[tuple[str, str, str]]:
+    """The construction's edges: each offset head reads the (hashed) tokens through v, the lookup head
+    reads offsets 0..n-1 through q and 1..n through k, its value is the token itself, and it alone
+    writes the logits (the `$` veto reads position 0, equal in both inputs, so it carries nothing)."""
+    (layer, head) = planted_heads(n)["lookup"][0]
+    lookup = f"L{layer}H{head}"
+    edges = {("embed", f"L0H{h}", "v") for h in range(n + 1)}
+    edges |= {(f"L0H{h}", lookup, "q") for h in range(n)} | {(f"L0H{h}", lookup, "k") for h in range(n + 1)}
+    return edges | {("embed", lookup, "v"), (lookup, "logits", "direct")}
+
+
+def keys(df, above: float) -> set:
+    return set(map(tuple, df.loc[df.effect.abs() > above, KEY].values))
+
+
+def test_eap_ranks_the_planted_edges_first_and_its_circuit_is_faithful(hash_copy):
+    args, eap, ig = hash_copy
+    value_path = {("embed", "L1H4", "v"), ("L1H4", "logits", "direct")}
+    # EAP: the value path carries the whole gap; every other edge scores 0 (the lookup head's attention
+    # is saturated, so the gradient through its q and k vanishes: edge patching gives them 0.05-0.4)
+    assert set(map(tuple, eap.loc[:1, KEY].values)) == value_path
+    assert eap.effect[:2].tolist() == pytest.approx([1.0, 1.0], abs=1e-4)
+    assert keys(eap, 1e-3) == value_path
+    # EAP-IG integrates past the saturation: exactly the planted edges score, every other one is 0
+    assert set(map(tuple, ig.loc[:1, KEY].values)) == value_path
+    assert keys(ig, 1e-6) == planted_edges(N) and len(planted_edges(N)) == 13
+    assert ig.effect.abs()[13:].max() < 1e-6 < 1e-5 < ig.effect.abs()[:13].min()
+    for df, k in ((eap, 2), (ig, 13)):
+        result = circuit_faithfulness(*args, circuit_from_edges(df, k=k))
+        assert result["faithfulness"] >= 0.9 and result["n_edges"] == k
+        assert result["lo"] <= result["faithfulness"] <= result["hi"]
+    # a circuit without the value edge recovers nothing: the check can fail
+    assert circuit_faithfulness(*args, [("L1H4", "logits", "direct")])["faithfulness"] == pytest.approx(
+        0, abs=1e-3
+    )
+
+
+@pytest.mark.slow
+def test_edge_patching_equals_path_patching_between_adjacent_layers(hash_copy):
+    """Between layer 0 and layer 1 (the MLPs are zero) an edge patch of sender -> q/k/v is path
+    patching's sender -> receiver effect: a reference computed a different way (freeze, record, patch)."""
+    (model, clean, corrupt, metric), *_ = hash_copy
+    senders = [f"L0H{h}" for h in range(N + 2)]
+    edges = edge_patching(model, clean, corrupt, metric, senders=senders, receivers=["L1H4"])
+    paths = path_patching(
+        model, clean, corrupt, metric, senders=[(0, h) for h in range(N + 2)], receivers=[(1, 4)]
+    )
+    merged = edges.merge(paths[paths.input != "direct"], on=KEY, suffixes=("", "_path"))
+    assert len(merged) == len(edges) == 3 * (N + 2)
+    torch.testing.assert_close(
+        torch.tensor(merged.effect.values), torch.tensor(merged.effect_path.values), atol=1e-5, rtol=0
+    )
+    assert keys(edges, 1e-3) == {e for e in planted_edges(N) if e[0] in senders}
+
+
+def tiny(arch: str, seed: int = 0):
+    torch.manual_seed(seed)
+    if arch == "hybrid":
+        return build_model(
+            "hybrid", d_vocab=12, d_model=16, layers=["mamba2", "attn", "mlp"], n_heads=2
+        ).eval()
+    extra = {"n_heads": 2, "d_mlp": 32} if arch == "transformer" else {}
+    return build_model(arch, d_vocab=12, d_model=16, n_layers=2, **extra).eval()
+
+
+def tiny_inputs(near: float | None = None, model=None, b: int = 4, p: int = 8):
+    """Random clean / corrupted tokens and a logit-difference metric on the last position. near: make
+    tokens 6..11 copies of 0..5 moved by `near` x the embedding's spread (corrupt = clean + 6), so every
+    activation difference is small and EAP's first-order estimate must approach the finite difference."""
+    g = torch.Generator().manual_seed(1)
+    if near is None:
+        clean, corrupt = torch.randint(0, 12, (b, p), generator=g), torch.randint(0, 12, (b, p), generator=g)
+    else:
+        with torch.no_grad():
+            w = model.embed.weight
+            w[6:] = w[:6] + near * w[:6].std() * torch.randn(6, w.shape[1], generator=g)
+        clean = torch.randint(0, 6, (b, p), generator=g)
+        corrupt = clean + 6
+    answers = torch.randint(0, 12, (b, p), generator=g)
+    mask = torch.zeros(b, p, dtype=torch.bool)
+    mask[:, -1] = True
+    return clean, corrupt, Metric("logit_diff", answers, mask, (answers + 1) % 12)
+
+
+def scores(model, clean, corrupt, metric, steps=8):
+    bf = edge_patching(model, clean, corrupt, metric)
+    eap = edge_attribution_patching(model, clean, corrupt, metric)
+    ig = edge_attribution_patching(model, clean, corrupt, metric, method="eap-ig", steps=steps)
+    m = bf.merge(eap, on=KEY, suffixes=("_bf", "_eap")).merge(ig[[*KEY, "score"]], on=KEY)
+    assert len(m) == len(bf) == len(eap) == len(ig)
+    return m.score_bf.values, m.score_eap.values, m.score.values
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [
+        "transformer",
+        pytest.param("mamba", marks=pytest.mark.slow),
+        pytest.param("hybrid", marks=pytest.mark.slow),
+    ],
+)
+def test_eap_is_the_first_order_term_of_edge_patching(arch):
+    """With inputs 10x closer, EAP's error against the exact edge patch shrinks ~100x, ~10x relative to
+    the edges' effects (it is second order): the gradients into every receiver's input and the heads'
+    writes are right (a wrong gradient leaves a relative error that does not shrink). EAP-IG is closer."""
+    errors = []
+    for near in (0.1, 0.01):
+        model = tiny(arch)
+        bf, eap, ig = scores(model, *tiny_inputs(near, model))
+        scale = abs(bf).max()
+        errors.append(abs(eap - bf).max() / scale)
+        assert abs(ig - bf).max() < abs(eap - bf).max()
+    assert errors[0] < 0.2 and errors[1] < 0.2 * errors[0]
+
+
+def test_eap_agrees_with_edge_patching_and_eap_ig_is_closer():
+    """Real token swaps on a random tiny transformer: EAP ranks and signs the edges like the finite
+    difference; EAP-IG (20 steps) is closer, and on the edges out of the embedding it is complete: they
+    sum to the whole metric change (the interpolation runs along the embedding)."""
+    model = tiny("transformer")
+    clean, corrupt, metric = tiny_inputs()
+    bf, eap, ig = scores(model, clean, corrupt, metric, steps=20)
+    assert spearmanr(bf, eap).statistic > 0.8
+    big = abs(bf) > 0.1 * abs(bf).max()
+    assert (torch.tensor(bf[big]).sign() == torch.tensor(eap[big]).sign()).all()
+    assert abs(ig - bf).sum() < 0.6 * abs(eap - bf).sum()
+    df = edge_attribution_patching(model, clean, corrupt, metric, method="eap-ig", steps=20)
+    change = df.attrs["corrupt_metric"] - df.attrs["clean_metric"]
+    assert df[df.sender == "embed"].score.sum() == pytest.approx(change, rel=2e-3)
+    eap_df = edge_attribution_patching(model, clean, corrupt, metric)
+    assert abs(eap_df[eap_df.sender == "embed"].score.sum() - change) > 0.05 * abs(change)
+
+
+@pytest.mark.parametrize("arch", ["transformer", "mamba"])
+def test_the_whole_graph_is_the_clean_run_and_the_empty_circuit_the_corrupted(arch):
+    model = tiny(arch)
+    clean, corrupt, metric = tiny_inputs()
+    graph = edge_graph(model)
+    every = [graph.key(s, r) for s, r in graph.edges()]
+    assert circuit_faithfulness(model, clean, corrupt, metric, every)["faithfulness"] == pytest.approx(
+        1, abs=1e-4
+    )
+    assert circuit_faithfulness(model, clean, corrupt, metric, [])["faithfulness"] == pytest.approx(
+        0, abs=1e-4
+    )
+
+
+def test_graph_nodes_per_family():
+    names = lambda g: {s.node.name for s in g.senders} | {r.node.name for r in g.receivers}  # noqa: E731
+    t = edge_graph(tiny("transformer"))
+    assert names(t) == {"embed", "logits", "L0H0", "L0H1", "L1H0", "L1H1", "L0.mlp", "L1.mlp"}
+    assert {r.input for r in t.receivers if r.node.name == "L1H0"} == {"q", "k", "v"}
+    key = {t.key(s, r) for s, r in t.edges()}
+    assert ("L0H0", "L0.mlp", "in") in key and ("L0.mlp", "L0H0", "q") not in key  # MLP reads after attention
+    assert ("L1H0", "L1H1", "q") not in key  # heads of one layer read the same residual
+    m = edge_graph(tiny("mamba"))
+    assert names(m) == {"embed", "logits", "L0.mixer", "L1.mixer"} and len(m.edges()) == 6
+    h = edge_graph(tiny("hybrid"))  # a hybrid: each layer brings its own kind of node
+    assert names(h) == {"embed", "logits", "L0.mixer", "L1H0", "L1H1", "L2.mlp"}
+
+
+def test_head_writes_match_the_output_projection():
+    """The Jacobian-vector product hook_z -> hook_attn_out equals z_h @ W_O^h read off the weights."""
+    model = tiny("transformer")
+    tokens = torch.randint(0, 12, (3, 5))
+    store = {}
+    with torch.enable_grad():
+        model.run_with_hooks(
+            tokens,
+            fwd_hooks=[
+                (
+                    "blocks.1.attn.hook_z",
+                    lambda a, hook: store.setdefault("z", a.detach().requires_grad_(True)),
+                ),
+                ("blocks.1.hook_attn_out", lambda a, hook: store.setdefault("out", a)),
+            ],
+        )
+        dz = torch.randn_like(store["z"])
+        got = head_writes(store["out"], store["z"], dz)
+    w_o = model.blocks[1].attn.out.weight.view(16, 2, -1)  # [d_model, head, d_head]
+    want = torch.einsum("bphe,dhe->hbpd", dz, w_o)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_results_have_error_bars_and_draw_as_a_circuit(hash_copy, tmp_path, monkeypatch):
+    _, eap, ig = hash_copy
+    assert {"effect_se", "effect_lo", "effect_hi", "distinct", "score"} <= set(ig.columns)
+    assert ig.attrs["per_example_effect"].shape == (len(ig), 6) and ig.attrs["method"] == "eap-ig"
+    assert ig.attrs["steps"] == 10 and eap.attrs["steps"] is None
+    graph = circuit_from_edges(ig, k=13, roles={"L1H4": "lookup"}, title="hash copy")
+    assert graph.edge_set() == planted_edges(N)
+    assert graph.nodes["embed"]["layer"] == -1 and graph.nodes["logits"]["layer"] == 2
+    assert graph.measure == "EAP-IG score" and graph.threshold == pytest.approx(ig.effect.abs()[12])
+    assert circuit_from_edges(ig, threshold=0.1).edge_set() == set(
+        map(tuple, ig.loc[ig.effect.abs() >= 0.1, KEY].values)
+    )
+    dot = to_dot(graph)
+    assert '"embed" -> "L1H4" [label="v ' in dot and '"L0H0" -> "L1H4" [label="q ' in dot
+    monkeypatch.setattr(drawing.shutil, "which", lambda name: None)
+    written = render(graph, tmp_path / "eap")
+    assert written["renderer"] == "matplotlib" and (tmp_path / "eap.png").read_bytes()[:4] == b"\x89PNG"
+    matplotlib.pyplot.close("all")
+
+
+def test_bad_inputs_say_what_is_allowed(hash_copy):
+    (model, clean, corrupt, metric), eap, _ = hash_copy
+    args = (model, clean, corrupt, metric)
+    with pytest.raises(ValueError, match=r"unknown sender nodes \['L0H9'\].*closest: L0H4"):
+        edge_attribution_patching(*args, senders=["L0H9"])
+    with pytest.raises(ValueError, match=r"unknown receiver nodes \['logit'\].*receivers are .*logits"):
+        edge_patching(*args, receivers=["logit"])
+    for steps in (0, -2, 2.5):
+        with pytest.raises(ValueError, match=rf"steps={steps!r} must be an integer >= 1"):
+            edge_attribution_patching(*args, method="eap-ig", steps=steps)
+    with pytest.raises(ValueError, match="unknown method 'ig'; allowed: eap, eap-ig"):
+        edge_attribution_patching(*args, method="ig")
+    with pytest.raises(ValueError, match=r"not edges of this model's graph: \[\('L1H4', 'L0H0', 'q'\)\]"):
+        circuit_faithfulness(*args, [("L1H4", "L0H0", "q")])
+    with pytest.raises(ValueError, match="exactly one of k"):
+        circuit_from_edges(eap)
+    with pytest.raises(ValueError, match="k=0 must be an integer >= 1"):
+        circuit_from_edges(eap, k=0)
+    with pytest.raises(ValueError, match="lack columns"):
+        circuit_from_edges(eap.drop(columns=["input"]), k=3)
+    lstm = build_model("lstm", d_vocab=12, d_model=16, n_layers=1)
+    tokens = torch.zeros(1, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="needs a residual stream.*lstm lacks blocks.0.hook_resid_pre"):
+        edge_attribution_patching(lstm, tokens, tokens, metric)
