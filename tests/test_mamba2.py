@@ -107,10 +107,18 @@ def test_config_table_round_trips():
 
 def test_checkpoint_mismatch_names_the_keys(model):
     state = {k: v for k, v in model.state_dict().items() if k != "blocks.1.mixer.D"}
-    from interp.models.hf.mamba2 import load_named_state
+    from interp.models.loading import load_state
 
     with pytest.raises(ValueError, match=r"missing keys \['blocks\.1\.mixer\.D'\]"):
-        load_named_state(HookedMamba2(model.cfg), state, "test")
+        load_state(HookedMamba2(model.cfg), state, "test")
+    tied = HookedMamba2(Mamba2Config(d_model=16, n_layers=1, d_state=4, head_dim=8, tie_embeddings=True))
+    state = dict(tied.state_dict(), **{"lm_head.weight": tied.embed.weight.detach() + 1})  # both copies
+    with pytest.raises(
+        ValueError, match="different lm_head.weight and embed.weight, but the model ties them"
+    ):
+        load_state(tied, state, "test")
+    load_state(tied, dict(state, **{"lm_head.weight": tied.embed.weight.detach()}), "test")  # equal: fine
+    assert tied.lm_head.weight is tied.embed.weight
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ both: per layer (conv window, SSM state) or (keys, values).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import ClassVar
 
 import torch
@@ -36,7 +37,7 @@ from interp.models.base import Hook, HookedModel
 from interp.models.mamba import MambaBlock, MambaConfig, RMSNorm, init_mamba_mixer
 from interp.models.mamba2 import Mamba2Block, Mamba2Config, init_mamba2_mixer
 from interp.models.ssd import layer_attention
-from interp.models.transformer import Attention, KVCache, TransformerConfig, attention_bias, rotary_cos_sin
+from interp.models.transformer import Attention, HookedTransformer, KVCache, TransformerConfig
 
 LAYER_KINDS = ("mamba", "mamba2", "attn", "mlp")
 SSM_KINDS = ("mamba", "mamba2")
@@ -264,21 +265,16 @@ class HookedHybrid(HookedModel):
         return block
 
     def _attention_inputs(self, b: int, p: int, key_mask: Tensor | None, kv: KVCache | None, device):
-        """(bias, rotary) for the attention layers, as `HookedTransformer.forward` builds them."""
+        """(bias, rotary) for the attention layers: `HookedTransformer._bias_and_rotary` with the
+        attention layers' config (it reads nothing but `.cfg`), after extending the key mask by the cache."""
         if self.attn_cfg is None:
             return None, None
         n_past = kv.n_tokens if kv is not None else 0
         if kv is not None:
             key_mask = kv.extend_mask(key_mask, b, p, device)
-        bias = attention_bias(self.attn_cfg, n_past + p, device, key_mask, n_past)
-        rotary = None
-        if self.attn_cfg.positional == "rope" and self.attn_cfg.rotary_dim > 0:
-            if key_mask is None:
-                positions = torch.arange(n_past, n_past + p, device=device)
-            else:  # a token's position = real tokens before it
-                positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, n_past:]
-            rotary = rotary_cos_sin(positions, self.attn_cfg.rotary_dim, self.attn_cfg.rotary_base)
-        return bias, rotary
+        return HookedTransformer._bias_and_rotary(
+            SimpleNamespace(cfg=self.attn_cfg), n_past, n_past + p, key_mask, device
+        )
 
     def forward(
         self,

@@ -103,12 +103,12 @@ def save_checkpoint(folder: str | Path, model: HookedModel, **sections: Any) -> 
     return folder
 
 
-def _tied_keys(model: nn.Module) -> set[str]:
-    """State-dict keys that alias an earlier parameter (tied unembedding)."""
-    seen, tied = {}, set()
+def _tied_keys(model: nn.Module) -> dict[str, str]:
+    """State-dict keys that alias an earlier parameter (tied unembedding) -> that parameter's key."""
+    seen, tied = {}, {}
     for name, tensor in model.state_dict(keep_vars=True).items():
         if id(tensor) in seen:
-            tied.add(name)
+            tied[name] = seen[id(tensor)]
         seen.setdefault(id(tensor), name)
     return tied
 
@@ -127,7 +127,8 @@ def read_config(folder: str | Path) -> dict:
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """`load_state_dict` with an error that names every missing, unexpected or misshapen key."""
+    """`load_state_dict` with an error that names every missing, unexpected or misshapen key; a tied
+    weight (`lm_head.weight` tied to the embedding) may be absent, or present and equal to its twin."""
     expected = model.state_dict()
     tied = _tied_keys(model)
     missing = sorted(k for k in expected if k not in state and k not in tied)
@@ -146,7 +147,10 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
         if shapes:
             parts.append("shape mismatches: " + "; ".join(shapes[:10]))
         raise ValueError(f"weights in {source} do not match the model: " + "; ".join(parts))
-    model.load_state_dict(state, strict=False)
+    for key, first in tied.items():  # a checkpoint may hold both copies of a tied weight: they must agree
+        if key in state and first in state and not torch.equal(state[key], state[first]):
+            raise ValueError(f"weights in {source} have different {key} and {first}, but the model ties them")
+    model.load_state_dict({k: v for k, v in state.items() if k not in tied}, strict=False)
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:

@@ -144,6 +144,37 @@ def _read_weights(folder: Path) -> dict[str, Tensor]:
     )
 
 
+def read_source(
+    source: Any, config: dict | None, family: str, formats: str = "Hugging Face"
+) -> tuple[dict, dict]:
+    """(config dict, state dict) from a folder (config.json + weights), a model (its `.config` as a dict:
+    Hugging Face's `to_dict()` or mamba-ssm's dataclass), or a state dict with `config`. `family` and
+    `formats` name what was expected in the errors ("a saved Hugging Face Mamba-2 model")."""
+    if isinstance(source, (str, Path)):
+        folder = Path(source)
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"{folder} has no config.json; expected a saved {formats} {family} model")
+        config = json.loads((folder / "config.json").read_text()) if config is None else config
+        return config, _read_weights(folder)
+    if isinstance(source, nn.Module):
+        if config is None:
+            model_cfg = getattr(source, "config", None)
+            if hasattr(model_cfg, "to_dict"):
+                config = model_cfg.to_dict()
+            elif model_cfg is not None and hasattr(model_cfg, "__dataclass_fields__"):
+                config = asdict(model_cfg)
+            else:
+                raise ValueError(f"{type(source).__name__} has no usable .config; pass config=")
+        return config, source.state_dict()
+    if isinstance(source, dict):
+        if config is None:
+            raise ValueError(f"loading from a state dict needs config= (a {formats} {family} config dict)")
+        return config, source
+    raise TypeError(
+        f"cannot load a {family} model from {type(source).__name__}; pass a folder, a model or a state dict"
+    )
+
+
 def load_hf_mamba(source: Any, config: dict | None = None, **overrides) -> HookedMamba:
     """A HookedMamba holding the weights of a Hugging Face or mamba-ssm Mamba-1 model.
 
@@ -152,34 +183,7 @@ def load_hf_mamba(source: Any, config: dict | None = None, **overrides) -> Hooke
     mamba-ssm `MambaLMHeadModel`, or a state dict (then `config` must be given, in either format).
     overrides: scan, chunk_size, n_ctx. The model comes back in eval mode.
     """
-    if isinstance(source, (str, Path)):
-        folder = Path(source)
-        if not (folder / "config.json").exists():
-            raise FileNotFoundError(
-                f"{folder} has no config.json; expected a saved Hugging Face or mamba-ssm model"
-            )
-        config = json.loads((folder / "config.json").read_text()) if config is None else config
-        state_dict = _read_weights(folder)
-    elif isinstance(source, nn.Module):
-        model_cfg = getattr(source, "config", None)
-        if config is None:
-            if hasattr(model_cfg, "to_dict"):
-                config = model_cfg.to_dict()
-            elif model_cfg is not None and hasattr(model_cfg, "__dataclass_fields__"):
-                config = asdict(model_cfg)
-            else:
-                raise ValueError(f"{type(source).__name__} has no usable .config; pass config=")
-        state_dict = source.state_dict()
-    elif isinstance(source, dict):
-        if config is None:
-            raise ValueError(
-                "loading from a state dict needs config= (a Hugging Face or mamba-ssm config dict)"
-            )
-        state_dict = source
-    else:
-        raise TypeError(
-            f"cannot load a Mamba from {type(source).__name__}; pass a folder, a model or a state dict"
-        )
+    config, state_dict = read_source(source, config, "Mamba", "Hugging Face or mamba-ssm")
     model = HookedMamba(mamba_config_from_dict(config, **overrides))
     model.load_state_dict(state_dict)
     return model.eval()

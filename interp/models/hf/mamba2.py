@@ -8,14 +8,12 @@ reads through it and `hf_mamba2_config` writes through the same table. Parameter
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from interp.models.hf.mamba import _read_weights
+from interp.models.hf.mamba import read_source
 from interp.models.mamba2 import HookedMamba2, Mamba2Config
 
 RUNTIME_OPTIONS = ("scan", "chunk_size", "n_ctx")  # may be overridden when loading
@@ -96,7 +94,7 @@ def hf_mamba2_config(cfg: Mamba2Config):
 
 def state_from_hf(state: dict[str, Tensor], prefixes=HF_PREFIXES) -> dict[str, Tensor]:
     """Rename Hugging Face parameter names to interp's module tree (unknown names are kept, so that
-    `load_named_state` reports them)."""
+    `interp.models.loading.load_state` reports them)."""
     out = {}
     for key, value in state.items():
         for hf, ours in prefixes:
@@ -107,65 +105,17 @@ def state_from_hf(state: dict[str, Tensor], prefixes=HF_PREFIXES) -> dict[str, T
     return out
 
 
-def load_named_state(model: nn.Module, state: dict[str, Tensor], what: str) -> None:
-    """`model.load_state_dict(state)` with one error naming every missing, unexpected or misshapen key;
-    a tied `lm_head.weight` may be absent."""
-    expected = model.state_dict()
-    tied = {"lm_head.weight"} if getattr(model.cfg, "tie_embeddings", False) else set()
-    missing = sorted(k for k in expected if k not in state and k not in tied)
-    unexpected = sorted(k for k in state if k not in expected)
-    shapes = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(state)
-        if k in expected and state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or shapes:
-        parts = [f"missing keys {missing[:10]}"] if missing else []
-        parts += [f"unexpected keys {unexpected[:10]}"] if unexpected else []
-        parts += ["shape mismatches: " + "; ".join(shapes[:10])] if shapes else []
-        raise ValueError(f"{what} does not fit {type(model).__name__}: " + "; ".join(parts))
-    if tied and "lm_head.weight" in state and not (state["lm_head.weight"] == state["embed.weight"]).all():
-        raise ValueError(
-            f"{what} has different lm_head.weight and embedding weights, but tie_word_embeddings is set"
-        )
-    model.load_state_dict({k: v for k, v in state.items() if k not in tied}, strict=False)
-
-
-def read_source(source: Any, config: dict | None, family: str) -> tuple[dict, dict[str, Tensor]]:
-    """(config dict, state dict) from a folder, a Hugging Face model, or a state dict with `config`."""
-    if isinstance(source, (str, Path)):
-        folder = Path(source)
-        if not (folder / "config.json").exists():
-            raise FileNotFoundError(
-                f"{folder} has no config.json; expected a saved Hugging Face {family} model"
-            )
-        config = json.loads((folder / "config.json").read_text()) if config is None else config
-        return config, _read_weights(folder)
-    if isinstance(source, nn.Module):
-        if config is None:
-            model_cfg = getattr(source, "config", None)
-            if not hasattr(model_cfg, "to_dict"):
-                raise ValueError(f"{type(source).__name__} has no usable .config; pass config=")
-            config = model_cfg.to_dict()
-        return config, source.state_dict()
-    if isinstance(source, dict):
-        if config is None:
-            raise ValueError(f"loading from a state dict needs config= (a Hugging Face {family} config dict)")
-        return config, source
-    raise TypeError(
-        f"cannot load a {family} model from {type(source).__name__}; pass a folder, a model or a state dict"
-    )
-
-
 def load_hf_mamba2(source: Any, config: dict | None = None, **overrides) -> HookedMamba2:
     """A HookedMamba2 holding the weights of a Hugging Face `Mamba2ForCausalLM`.
 
     source: a `save_pretrained` folder, a `transformers.Mamba2ForCausalLM`, or a state dict (then `config`
     must be given). overrides: scan, chunk_size, n_ctx. The model comes back in eval mode.
     """
+    from interp.models.loading import load_state  # loading imports interp.models.hf: import at call time
+
     config, state = read_source(source, config, "Mamba-2")
     model = HookedMamba2(mamba2_config_from_dict(config, **overrides))
-    load_named_state(model, state_from_hf(state), "the Mamba-2 checkpoint")
+    load_state(model, state_from_hf(state), "the Mamba-2 checkpoint")
     if model.cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     return model.eval()

@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from interp.models.hf.mamba2 import dt_limit_from_hf, load_named_state, read_source
+from interp.models.hf.mamba import read_source
+from interp.models.hf.mamba2 import dt_limit_from_hf
 from interp.models.hybrid import HookedHybrid, HybridConfig
 
 RUNTIME_OPTIONS = ("scan", "chunk_size", "n_ctx")
@@ -130,7 +131,7 @@ def state_from_nemotron_h(state: dict[str, Tensor], cfg: HybridConfig) -> dict[s
         pre = f"blocks.{layer}.attn."
         names = [pre + f"{p}_proj.weight" for p in "qkvo"]
         if not all(n in out for n in names):
-            continue  # reported as missing keys by load_named_state
+            continue  # reported as missing keys by load_state
         q, k, v, o = (out.pop(n) for n in names)
         n_kv = k.shape[0] // dh
         if h % max(n_kv, 1) or k.shape[0] % dh:
@@ -153,9 +154,11 @@ def load_hf_nemotron_h(source: Any, config: dict | None = None, **overrides) -> 
     source: a `save_pretrained` folder, a `transformers.NemotronHForCausalLM`, or a state dict (then
     `config` must be given). overrides: scan, chunk_size, n_ctx. The model comes back in eval mode.
     """
+    from interp.models.loading import load_state  # loading imports interp.models.hf: import at call time
+
     config, state = read_source(source, config, "Nemotron-H")
     model = HookedHybrid(nemotron_h_config_from_dict(config, **overrides))
-    load_named_state(model, state_from_nemotron_h(state, model.cfg), "the Nemotron-H checkpoint")
+    load_state(model, state_from_nemotron_h(state, model.cfg), "the Nemotron-H checkpoint")
     if model.cfg.tie_embeddings:
         model.lm_head.weight = model.embed.weight
     return model.eval()
