@@ -9,6 +9,7 @@ still reads on GitHub:
     <!-- gen: benchmark task_generation -->      docs/benchmarks/task_generation.json (scripts/docs_benchmarks.py)
     <!-- gen: roles -->                           the axis names analyses index (interp.hooks.ROLES)
     <!-- gen: patch_semantics -->                 what a patch changes (interp.hooks.PATCH_SEMANTICS)
+    <!-- gen: reports -->                         links to the reports in docs/experiments/ (on a page there)
 
 and a number from an experiment's committed per-seed results (docs/experiments/NAME.csv) inline:
 
@@ -112,7 +113,22 @@ def benchmark_md(name: str) -> str:
     return meta + "\n\n" + output
 
 
+def reports_md() -> str:
+    """A list of the experiment reports in docs/experiments/ (links relative to that folder), each with the
+    title its report gives itself; a report added later (a new experiment, another scale) is listed too."""
+    lines = []
+    for path in sorted((ROOT / "docs" / "experiments").glob("*.md")):
+        if path.stem in ("index", "copy-circuit"):
+            continue
+        title = next(
+            (ln[2:].strip() for ln in path.read_text().splitlines() if ln.startswith("# ")), path.stem
+        )
+        lines.append(f"- [{title}]({path.name})")
+    return "\n".join(lines)
+
+
 GENERATORS = {
+    "reports": reports_md,
     "axes_table": axes_table_md,
     "roles": roles_md,
     "patch_semantics": patch_semantics_md,
