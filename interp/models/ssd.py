@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IMPLS = ("auto", "reference", "chunked")  # "auto" = "chunked": mamba-ssm's Mamba-2 kernels are not wired in
+IMPLS = ("auto", "reference", "chunked", "mamba_ssm")
+MAMBA_SSM_CHUNK = 256  # mamba-ssm's Mamba2 default chunk_size
 DEFAULT_CHUNK = 64  # measured on CPU (benchmarks/mamba2_scan.py): 32..128 are within ~15% of each other
 
 
@@ -437,7 +438,9 @@ def ssd_scan(
     return_states: also return every state h_t as [B, H, L, P, N] (instead of the last one).
     state_edit: [B, H, L, P, N], NaN except where h_t is replaced; later positions see the edit.
     write: [B, H, L, P, N] used instead of the write term dt * x B^T.
-    impl: "auto" | "reference" | "chunked". Returns y [B, L, H, P] in x's dtype, or (y, last) / (y, states).
+    impl: "reference" | "chunked" | "mamba_ssm" (mamba-ssm's Triton kernel `mamba_chunk_scan_combined`:
+    CUDA tensors, mamba-ssm installed, no per-position states or edits) | "auto" (= "mamba_ssm" where it
+    applies, else "chunked"). Returns y [B, L, H, P] in x's dtype, or (y, last) / (y, states).
     """
     if impl not in IMPLS:
         raise ValueError(f"unknown SSD scan impl {impl!r}; allowed: {', '.join(IMPLS)}")
@@ -445,9 +448,52 @@ def ssd_scan(
     extras = dict(
         return_last_state=return_last_state, return_states=return_states, state_edit=state_edit, write=write
     )
+    per_position = return_states or state_edit is not None or write is not None
+    if impl == "mamba_ssm" or (impl == "auto" and x.is_cuda and not per_position and _mamba_ssm_kernel()):
+        if per_position:
+            raise ValueError(
+                "impl='mamba_ssm' returns no per-position states and takes no state edits or writes "
+                "(return_states / state_edit / write); use impl='chunked' or 'auto' for those"
+            )
+        _check_shapes(x, dt, A, B, C, D, dt_bias, initial_state, None, None)
+        return ssd_scan_mamba_ssm(*args, return_last_state=return_last_state, chunk_size=chunk_size)
     if impl == "reference":
         return ssd_scan_ref(*args, **extras)
     return ssd_scan_chunked(*args, **extras, chunk_size=chunk_size)
+
+
+def _mamba_ssm_kernel():
+    """mamba-ssm's `mamba_chunk_scan_combined`, or None when mamba-ssm (or its Triton) is not installed."""
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ImportError:
+        return None
+    return mamba_chunk_scan_combined
+
+
+def ssd_scan_mamba_ssm(
+    x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=True, dt_limit=(0.0, None), initial_state=None,
+    return_last_state=False, chunk_size=None,
+):  # fmt: skip
+    """The scan by mamba-ssm's fused Triton kernel (forward and backward), the layout of `ssd_scan`.
+
+    Only on CUDA with mamba-ssm installed; it has no per-position states, so the state hooks use the
+    chunked path. Measured against the reference only where a GPU is available (tests/test_mamba2.py).
+    """
+    kernel = _mamba_ssm_kernel()
+    if kernel is None or not x.is_cuda:
+        raise ValueError(
+            "impl='mamba_ssm' needs CUDA tensors and mamba-ssm installed (pip install mamba-ssm); got "
+            f"{x.device} tensors, mamba-ssm {'installed' if kernel else 'not installed'}; "
+            f"allowed elsewhere: {', '.join(i for i in IMPLS if i != 'mamba_ssm')}"
+        )
+    lo, hi = dt_limit
+    out = kernel(
+        x, dt, A, B, C, chunk_size or MAMBA_SSM_CHUNK, D=D, dt_bias=dt_bias, initial_states=initial_state,
+        dt_softplus=dt_softplus, dt_limit=(lo, float("inf") if hi is None else hi),
+        return_final_states=return_last_state,
+    )  # fmt: skip
+    return tuple(out) if return_last_state else out
 
 
 def ssd_attention(dt: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
