@@ -135,7 +135,7 @@ def test_quoted_experiment_numbers_equal_the_reports():
 
 
 def test_generation_errors_name_what_is_wrong():
-    with pytest.raises(ValueError, match="unknown docs directive 'tabel'.*allowed: axes_table"):
+    with pytest.raises(ValueError, match="unknown docs directive 'tabel'; allowed: .*axes_table"):
         hooks.render("<!-- gen: tabel -->")
     with pytest.raises(ValueError, match="no rows where"):
         hooks.exp("sample-efficiency", "examples_to_90", model="gpt-5")
