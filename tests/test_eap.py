@@ -99,6 +99,9 @@ def tiny(arch: str, seed: int = 0):
         return build_model(
             "hybrid", d_vocab=12, d_model=16, layers=["mamba2", "attn", "mlp"], n_heads=2
         ).eval()
+    if arch == "parallel":  # GPT-NeoX's block: attention and MLP read the same residual stream
+        opts = {"n_heads": 2, "parallel_residual": True}
+        return build_model("transformer", d_vocab=12, d_model=16, n_layers=2, **opts).eval()
     extra = {"n_heads": 2, "d_mlp": 32} if arch == "transformer" else {}
     return build_model(arch, d_vocab=12, d_model=16, n_layers=2, **extra).eval()
 
@@ -135,8 +138,9 @@ def scores(model, clean, corrupt, metric, steps=8):
     "arch",
     [
         "transformer",
-        pytest.param("mamba", marks=pytest.mark.slow),
-        pytest.param("hybrid", marks=pytest.mark.slow),
+        "parallel",
+        "mamba",
+        "hybrid",
     ],
 )
 def test_eap_is_the_first_order_term_of_edge_patching(arch):
@@ -193,6 +197,9 @@ def test_graph_nodes_per_family():
     key = {t.key(s, r) for s, r in t.edges()}
     assert ("L0H0", "L0.mlp", "in") in key and ("L0.mlp", "L0H0", "q") not in key  # MLP reads after attention
     assert ("L1H0", "L1H1", "q") not in key  # heads of one layer read the same residual
+    p = edge_graph(tiny("parallel"))
+    key = {p.key(s, r) for s, r in p.edges()}
+    assert ("L0H0", "L0.mlp", "in") not in key and {("L0H0", "L1.mlp", "in"), ("L0.mlp", "L1H0", "k")} <= key
     m = edge_graph(tiny("mamba"))
     assert names(m) == {"embed", "logits", "L0.mixer", "L1.mixer"} and len(m.edges()) == 6
     h = edge_graph(tiny("hybrid"))  # a hybrid: each layer brings its own kind of node
