@@ -160,18 +160,31 @@ def test_lstm_reuse_equals_loop(padded):
 
 
 def mamba_grids(model, n_pos):
+    # Mamba-1's state has a channel axis (D_inner, patched in groups), Mamba-2's a head axis
+    groups = dict(channel_groups=4) if model.arch == "mamba" else dict(heads=True)
     return {
         "state x channel groups x positions": patch_specs(
-            model, "ssm_state", positions=True, channel_groups=4, n_pos=n_pos
+            model, "ssm_state", positions=True, n_pos=n_pos, **groups
         ),
         "residual x positions": patch_specs(model, "resid_pre", positions=True, n_pos=n_pos)
         + patch_specs(model, "mixer_out", positions=True, n_pos=n_pos),  # position-local: one position
         "conv, write, gate, C": patch_specs(model, "conv", positions=[0, 3, n_pos - 1])
-        + patch_specs(model, "ssm_write", positions=[1, 6], channel_groups=2)
+        + patch_specs(
+            model,
+            "ssm_write",
+            positions=[1, 6],
+            **({"channel_groups": 2} if "channel_groups" in groups else groups),
+        )
         + patch_specs(model, "gate", positions=[2, 9])
         + patch_specs(model, "C", positions=[4])
         + patch_specs(model, "ssm_state"),  # every position at once: starts at 0
     }
+
+
+MAMBAS = {
+    "mamba": dict(d_model=16, n_layers=2, d_state=4),
+    "mamba2": dict(d_model=16, n_layers=2, d_state=4, head_dim=8),  # 4 heads
+}
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -179,11 +192,12 @@ def mamba_grids(model, n_pos):
 @pytest.mark.parametrize(
     "grid", ["state x channel groups x positions", "residual x positions", "conv, write, gate, C"]
 )
-def test_mamba_reuse_equals_loop(grid, dtype, padded):
-    """Mamba-1: each block restarts at p from its recorded conv window and SSM state after p - 1; a state
-    patch at t still feeds the recurrence (the loop's semantics)."""
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+def test_mamba_reuse_equals_loop(arch, grid, dtype, padded):
+    """Mamba-1 and -2: each block restarts at p from its recorded conv window and SSM state after p - 1;
+    a state patch at t still feeds the recurrence (the loop's semantics). Mamba-2: heads for channels."""
     torch.manual_seed(3)
-    model = build_model("mamba", d_vocab=TASK.vocab.size, d_model=16, n_layers=2, d_state=4).eval()
+    model = build_model(arch, d_vocab=TASK.vocab.size, **MAMBAS[arch]).eval()
     for p in model.parameters():
         p.data.mul_(3)
     model = model.to(dtype)

@@ -153,12 +153,13 @@ class MambaCache:
 
 @dataclass
 class MambaResume:
-    """What `HookedMamba.forward_from` restarts from: one recorded forward of B sequences."""
+    """What `HookedMamba.forward_from` (and Mamba-2's) restarts from: one recorded forward of B sequences."""
 
     logits: Tensor  # [B, P, d_vocab]
     resid: list[Tensor]  # per layer: blocks.{l}.hook_resid_pre [B, P, d_model]
-    conv_in: list[Tensor]  # per layer: masked conv inputs, K - 1 zeros in front, [B, D_inner, K - 1 + P]
-    ssm: list[Tensor]  # per layer: the state after each position [B, D_inner, P, N] (compute dtype)
+    conv_in: list[Tensor]  # per layer: the conv inputs, K - 1 zeros in front, [B, C, K - 1 + P]
+    ssm: list[Tensor]  # per layer: the state after each position, Mamba-1 [B, D_inner, P, N],
+    # Mamba-2 [B, H, P, head_dim, N] (the scan's compute dtype)
     mask: Tensor | None  # [B, P] 1 = token, 0 = padding (the model's dtype); None: no padding
 
 
@@ -382,6 +383,76 @@ class MambaBlock(nn.Module):
         return x + mixer.out_proj(y), window[..., 1:], h
 
 
+# Resuming a forward (the capability `interp.analysis.patching.reuse` asks for), shared by Mamba-1 and
+# Mamba-2: a patch at layer l, position p cannot change layers < l or positions < p, so the patched
+# forward restarts block l at p from the recorded residual stream, the conv inputs of positions
+# p-K+1..p-1 and the SSM state after p - 1; every later block likewise from its own.
+
+# Hooks past the scan's state (or only in its readout): a patch at position p changes position p only.
+POSITION_LOCAL = frozenset(
+    {"mixer.hook_gate", "mixer.hook_C", "mixer.hook_scan_out", "mixer.hook_inner_norm", "mixer.hook_ssm_out"}
+    | {"hook_mixer_out", "hook_resid_post"}
+)
+
+
+def record_resume(model, tokens: Tensor, attention_mask: Tensor | None, conv_input) -> MambaResume:
+    """One forward of tokens [B, P] recording what `resume_ssm` restarts from. conv_input(in_proj
+    activation, mask [B, P] or None) -> the mixer's conv input [B, P, C]."""
+    k = model.cfg.d_conv
+    mask = None if attention_mask is None else attention_mask.to(model.embed.weight.dtype)
+    resid, conv_in, states = [], [], []
+    record = lambda act, hook: conv_in.append(F.pad(conv_input(act, mask).transpose(1, 2), (k - 1, 0)))  # noqa: E731
+    hooks = []
+    for i in range(len(model.blocks)):
+        hooks += [
+            (f"blocks.{i}.hook_resid_pre", lambda act, hook: resid.append(act)),
+            (f"blocks.{i}.mixer.hook_in_proj", record),
+            (f"blocks.{i}.mixer.hook_ssm_state", lambda act, hook: states.append(act)),
+        ]
+    with torch.no_grad():
+        logits = model.run_with_hooks(tokens, attention_mask, fwd_hooks=hooks)
+    return MambaResume(logits, resid, conv_in, states, mask)
+
+
+def resume_ssm(
+    model, state: MambaResume, layer: int, pos: int, copies: int = 1, single: bool = False
+) -> Tensor:
+    """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`, position
+    `pos`: blocks < layer do not run; each block >= layer continues from its recorded conv window and
+    SSM state before `pos` (its mixer's `resume`). Hooks of blocks >= layer fire with P - pos positions,
+    on `copies` repeats of the batch (copy-major, as `tokens.repeat(copies, 1)`).
+
+    single: block `layer` runs on position `pos` alone and the later positions of its output are the
+    recorded ones; right for a patch of a `POSITION_LOCAL` hook, which changes nothing else there."""
+    b, n, _ = state.resid[0].shape
+    if not (0 <= layer < len(model.blocks) and 0 <= pos < n):
+        raise ValueError(
+            f"cannot resume at layer {layer}, position {pos}: layers 0..{len(model.blocks) - 1}, "
+            f"positions 0..{n - 1}"
+        )
+    rep = lambda t: t.repeat(copies, *[1] * (t.ndim - 1))  # noqa: E731
+    k = model.cfg.d_conv
+
+    def run(i: int, x: Tensor, end: int) -> Tensor:  # block i on positions pos..end-1
+        resume = (rep(state.conv_in[i][..., pos : pos + k - 1]), rep(state.ssm[i][:, :, pos - 1]))
+        mask = None if state.mask is None else rep(state.mask[:, pos:end])
+        return model.blocks[i](x, None, mask, resume if pos else None)
+
+    head = lambda x: model.lm_head(model.ln_final(x).to(model.lm_head.weight.dtype)).float()  # noqa: E731
+    first = layer
+    if single:
+        x = run(layer, rep(state.resid[layer][:, pos : pos + 1]), pos + 1)  # [K*B, 1, d_model]
+        if layer == len(model.blocks) - 1:  # only position pos of the output changed
+            return torch.cat([head(x), rep(state.logits[:, pos + 1 :])], 1)
+        x = torch.cat([x, rep(state.resid[layer + 1][:, pos + 1 :])], 1)
+        first = layer + 1
+    else:
+        x = rep(state.resid[layer][:, pos:])
+    for i in range(first, len(model.blocks)):
+        x = run(i, x, n)
+    return head(x)
+
+
 @torch.no_grad()
 def init_mamba_mixer(mixer: MambaMixer, cfg: MambaConfig) -> None:
     """mamba-ssm's Mamba-1 initialisation of one mixer (MambaLMHeadModel with its defaults): zero biases,
@@ -504,36 +575,15 @@ class HookedMamba(HookedModel):
         logits = self.lm_head(self.ln_final(x)).float()
         return logits, MambaCache(conv=torch.stack(convs), ssm=torch.stack(ssms), n_tokens=cache.n_tokens + 1)
 
-    # ---- resuming a forward (`interp.analysis.patching.reuse`) ---------------------------------
-    # A patch at layer l, position p cannot change layers < l or positions < p, so the patched forward
-    # restarts block l at p from the recorded residual stream, the conv inputs of positions p-K+1..p-1
-    # and the SSM state after p - 1; every later block likewise from its own.
+    # ---- resuming a forward (`interp.analysis.patching.reuse`, see `resume_ssm`) -----------------
     def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> MambaResume:
         """One forward of tokens [B, P] recording what `forward_from` restarts from."""
-        di, k = self.cfg.d_inner, self.cfg.d_conv
-        mask = None if attention_mask is None else attention_mask.to(self.embed.weight.dtype)
-        resid, conv_in, states = [], [], []
+        di = self.cfg.d_inner
+        # the conv input: x of in_proj's [x | z], zero at padding as the mixer makes it
+        conv_input = lambda act, mask: act[..., :di] if mask is None else act[..., :di] * mask[..., None]  # noqa: E731
+        return record_resume(self, tokens, attention_mask, conv_input)
 
-        def conv_input(act: Tensor, hook) -> None:  # the masked conv input xs, as the mixer computes it
-            xs = act[..., :di] if mask is None else act[..., :di] * mask[..., None]
-            conv_in.append(F.pad(xs.transpose(1, 2), (k - 1, 0)))  # [B, Di, K - 1 + P]
-
-        hooks = []
-        for i in range(len(self.blocks)):
-            hooks += [
-                (f"blocks.{i}.hook_resid_pre", lambda act, hook: resid.append(act)),
-                (f"blocks.{i}.mixer.hook_in_proj", conv_input),
-                (f"blocks.{i}.mixer.hook_ssm_state", lambda act, hook: states.append(act)),
-            ]
-        with torch.no_grad():
-            logits = self.run_with_hooks(tokens, attention_mask, fwd_hooks=hooks)
-        return MambaResume(logits, resid, conv_in, states, mask)
-
-    # Hooks past the scan's state (or only in its readout): a patch at position p changes position p only.
-    POSITION_LOCAL: ClassVar[frozenset[str]] = frozenset(
-        {"mixer.hook_gate", "mixer.hook_C", "mixer.hook_scan_out", "mixer.hook_ssm_out"}
-        | {"hook_mixer_out", "hook_resid_post"}
-    )
+    POSITION_LOCAL: ClassVar[frozenset[str]] = POSITION_LOCAL
 
     def position_local(self, hook: str) -> bool:
         """Whether a patch of `hook` at position p changes only position p of its own block (so
@@ -544,39 +594,8 @@ class HookedMamba(HookedModel):
         self, state: MambaResume, layer: int, pos: int, copies: int = 1, single: bool = False
     ) -> Tensor:
         """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`,
-        position `pos`: blocks < layer do not run; each block >= layer continues from its recorded conv
-        window and SSM state before `pos`. Hooks of blocks >= layer fire with P - pos positions, on
-        `copies` repeats of the batch (copy-major, as `tokens.repeat(copies, 1)`).
-
-        single: block `layer` runs on position `pos` alone and the later positions of its output are the
-        recorded ones; right for a patch of a `position_local` hook."""
-        b, n, _ = state.resid[0].shape
-        if not (0 <= layer < len(self.blocks) and 0 <= pos < n):
-            raise ValueError(
-                f"cannot resume at layer {layer}, position {pos}: layers 0..{len(self.blocks) - 1}, "
-                f"positions 0..{n - 1}"
-            )
-        rep = lambda t: t.repeat(copies, *[1] * (t.ndim - 1))  # noqa: E731
-        k = self.cfg.d_conv
-
-        def run(i: int, x: Tensor, end: int) -> Tensor:  # block i on positions pos..end-1
-            resume = (rep(state.conv_in[i][..., pos : pos + k - 1]), rep(state.ssm[i][:, :, pos - 1]))
-            mask = None if state.mask is None else rep(state.mask[:, pos:end])
-            return self.blocks[i](x, None, mask, resume if pos else None)
-
-        head = lambda x: self.lm_head(self.ln_final(x).to(self.lm_head.weight.dtype)).float()  # noqa: E731
-        first = layer
-        if single:
-            x = run(layer, rep(state.resid[layer][:, pos : pos + 1]), pos + 1)  # [K*B, 1, d_model]
-            if layer == len(self.blocks) - 1:  # only position pos of the output changed
-                return torch.cat([head(x), rep(state.logits[:, pos + 1 :])], 1)
-            x = torch.cat([x, rep(state.resid[layer + 1][:, pos + 1 :])], 1)
-            first = layer + 1
-        else:
-            x = rep(state.resid[layer][:, pos:])
-        for i in range(first, len(self.blocks)):
-            x = run(i, x, n)
-        return head(x)
+        position `pos` (see `resume_ssm`); single: block `layer` runs on position `pos` alone."""
+        return resume_ssm(self, state, layer, pos, copies, single)
 
     def prefill(self, prompt: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, MambaCache]:
         """For `generate_greedy`: the prompt in one pass -> (last logits [B, d_vocab], recurrent state)."""

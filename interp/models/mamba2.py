@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from interp.config import Config
 from interp.models.base import Hook, HookedModel, StateSize
-from interp.models.mamba import RMSNorm
+from interp.models.mamba import POSITION_LOCAL, MambaResume, RMSNorm, record_resume, resume_ssm
 from interp.models.ssd import IMPLS, discretize_dt, layer_attention, ssd_scan
 
 
@@ -212,11 +212,22 @@ class Mamba2Mixer(nn.Module):
             Cm.unflatten(-1, groups),
         )
 
-    def forward(self, x: Tensor, cache_out: list | None = None, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        cache_out: list | None = None,
+        mask: Tensor | None = None,
+        resume: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """x: [B, P, d_model] (normalised) -> [B, P, d_model]. Appends (conv, ssm) state to cache_out.
 
         mask [B, P] (1 = token, 0 = padding): padding enters in_proj and the scan as zeros (as Hugging
         Face's `attention_mask` does), so the state stays zero through left padding.
+
+        resume (`HookedMamba2.forward_from`): (window [B, conv_dim, K - 1], h [B, H, head_dim, N]), the
+        conv inputs of the K - 1 positions before x's first and the state after the one before it: x
+        continues that sequence (the scan starts from h) and the hooks see what the whole sequence's
+        forward shows from x's first position on (`hook_conv`: its last P + K - 1 positions).
         """
         cfg = self.cfg
         b, p = x.shape[:2]
@@ -224,7 +235,12 @@ class Mamba2Mixer(nn.Module):
             x = x * mask[..., None]
         z, xbc, dt = self._split(self.hook_in_proj(self.in_proj(x)))
         z = self.hook_gate(z)
-        conv = self.hook_conv(self.conv1d(xbc.transpose(1, 2)))  # [B, conv_dim, P + K - 1]
+        if resume is None:
+            conv = self.conv1d(xbc.transpose(1, 2))  # [B, conv_dim, P + K - 1]
+        else:  # the window replaces the left zero padding; the right padding gives the trailing K - 1
+            seq = F.pad(torch.cat([resume[0].to(xbc.dtype), xbc.transpose(1, 2)], -1), (0, cfg.d_conv - 1))
+            conv = F.conv1d(seq, self.conv1d.weight, self.conv1d.bias, groups=cfg.conv_dim)
+        conv = self.hook_conv(conv)
         xbc_act = F.silu(conv[..., :p].transpose(1, 2).contiguous())  # [B, P, conv_dim]; 3x faster backward
         if mask is not None:
             xbc_act = xbc_act * mask[..., None]
@@ -237,6 +253,8 @@ class Mamba2Mixer(nn.Module):
             x=xs, dt=dt, A=A, B=Bm, C=Cm, D=self.D.float(), dt_limit=cfg.dt_limit, impl=cfg.scan,
             chunk_size=cfg.chunk_size,
         )  # fmt: skip
+        if resume is not None:
+            scan_in["initial_state"] = resume[1]
         if self.hook_ssm_write.active:
             dts = discretize_dt(dt, None, True, cfg.dt_limit, torch.float32)  # [B, P, H]
             Bh = Bm.float().repeat_interleave(cfg.n_heads // cfg.n_groups, dim=2)  # [B, P, H, N]
@@ -309,9 +327,12 @@ class Mamba2Block(nn.Module):
         self.hook_mixer_out = Hook("batch pos d_model")  # [batch, pos, d_model]
         self.hook_resid_post = Hook("batch pos d_model")  # [batch, pos, d_model]
 
-    def forward(self, x: Tensor, cache_out: list | None = None, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, cache_out: list | None = None, mask: Tensor | None = None, resume=None
+    ) -> Tensor:
+        """resume: see `Mamba2Mixer.forward` (a forward continued from a recorded state)."""
         x = self.hook_resid_pre(x)
-        out = self.hook_mixer_out(self.mixer(self.hook_mixer_in(self.norm(x)), cache_out, mask))
+        out = self.hook_mixer_out(self.mixer(self.hook_mixer_in(self.norm(x)), cache_out, mask, resume))
         return self.hook_resid_post(x + out)
 
     def step(self, x: Tensor, conv: Tensor, ssm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -397,6 +418,27 @@ class HookedMamba2(HookedModel):
         conv = torch.stack([c for c, _ in layer_states])
         ssm = torch.stack([s.float() for _, s in layer_states])
         return logits, Mamba2Cache(conv=conv, ssm=ssm, n_tokens=tokens.shape[1])
+
+    # ---- resuming a forward (`interp.analysis.patching.reuse`; shared with Mamba-1: `resume_ssm`) ----
+    def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> MambaResume:
+        """One forward of tokens [B, P] recording what `forward_from` restarts from."""
+        cfg = self.cfg
+        # the conv input: xBC of in_proj's [z | xBC | dt] (padding is zeroed before in_proj)
+        conv_input = lambda act, mask: act[..., cfg.d_inner : cfg.d_inner + cfg.conv_dim]  # noqa: E731
+        return record_resume(self, tokens, attention_mask, conv_input)
+
+    POSITION_LOCAL: ClassVar[frozenset[str]] = POSITION_LOCAL
+
+    def position_local(self, hook: str) -> bool:
+        """Whether a patch of `hook` at position p changes only position p of its own block."""
+        return hook.split(".", 2)[-1] in self.POSITION_LOCAL if hook.startswith("blocks.") else False
+
+    def forward_from(
+        self, state: MambaResume, layer: int, pos: int, copies: int = 1, single: bool = False
+    ) -> Tensor:
+        """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`,
+        position `pos` (see `interp.models.mamba.resume_ssm`); single: block `layer` on `pos` alone."""
+        return resume_ssm(self, state, layer, pos, copies, single)
 
     # ---- recurrent mode -------------------------------------------------------------------------
     def init_cache(self, batch: int) -> Mamba2Cache:
