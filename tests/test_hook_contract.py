@@ -404,32 +404,3 @@ def test_checkpoints_written_before_the_contract_still_load_and_give_the_same_lo
     logits = model(torch.tensor(expected["tokens"]))[0, -1]
     torch.testing.assert_close(logits, torch.tensor(expected["last_logits"][arch]), atol=1e-5, rtol=0)
     assert hook_info(model, "blocks.0.hook_resid_pre" if arch != "lstm" else "blocks.0.hook_hidden").pos == 1
-
-
-# ---- the README's section ------------------------------------------------------------------------------
-README = Path(__file__).parent.parent / "README.md"
-
-
-def readme_section() -> str:
-    text = README.read_text()
-    start = text.index("## The hook contract")
-    return text[start : text.index("\n## ", start + 1)]
-
-
-def test_readme_axes_table_is_the_generated_one():
-    assert axes_table(group=True) in readme_section()
-
-
-@pytest.mark.slow
-def test_readme_hook_contract_example_runs():
-    section = readme_section()
-    code = section[
-        section.index("```python") + len("```python") : section.index("```", section.index("```python") + 3)
-    ]
-    namespace: dict = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    assert len(namespace["heads"]) == 2 * 4 and len(namespace["lags"]) == 4
-
-
-def test_readme_mamba_hook_table_is_the_generated_one():
-    assert axes_table(build_model("mamba", d_model=8)) in README.read_text()
