@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from interp.analysis.circuits import circuit_from_path_patching
 from interp.analysis.heads import (
     attention_layers,
     head_scores,
@@ -22,7 +23,7 @@ from interp.analysis.heads import (
     scan_layers,
     ssm_patterns,
 )
-from interp.analysis.patching import make_metric, paired_batches, patch_grid, patch_specs
+from interp.analysis.patching import make_metric, paired_batches, patch_grid, patch_specs, path_patching
 from interp.analysis.probing import probe_lags
 from interp.analysis.saturation import default_state_hooks, state_saturation
 from interp.hooks import components, hook_layers
@@ -121,6 +122,64 @@ def test_patch_grids_over_heads_and_state_groups_with_recurrence_semantics(layer
     after = grid[grid["pos"] > q]
     assert after["metric"].sub(grid.attrs["corrupt_metric"]).abs().max() < 1e-5
     assert grid[grid["pos"] <= q]["effect"].abs().max() > 1e-4  # random Mamba-1: ~3e-4, Mamba-2: larger
+
+
+def test_path_patching_on_a_hybrid_is_the_brute_force_definition():
+    """path_patching on attn, mamba2, attn (heads only in layers 0 and 2) equals the definition run hook by
+    hook: sender z from the corrupt run, every other head frozen at clean, the SSM layer recomputed (so
+    the path through it counts); then only the receiver's q/k/v replaced by what that run recorded."""
+    torch.manual_seed(0)
+    cfg = HybridConfig(d_vocab=V, d_model=32, layers=["attn", "mamba2", "attn"], n_heads=2, d_state=8,
+                       head_dim=16, init_std=0.3)  # fmt: skip
+    model = HookedHybrid(cfg).eval()
+    clean, corrupt = paired_batches(TASK, 4, 6)
+    metric = make_metric("logit_diff", clean, corrupt)
+    df = path_patching(model, clean.tokens, corrupt.tokens, metric)
+    assert sorted(set(df["sender"])) == ["L0H0", "L0H1", "L2H0", "L2H1"]
+    assert set(df["receiver"]) == {"L2H0", "L2H1", "logits"}
+    assert len(df) == 4 + 2 * 2 * 3  # one direct row per head; layer-0 heads x layer-2 heads x q, k, v
+
+    z = {layer: f"blocks.{layer}.attn.hook_z" for layer in (0, 2)}
+    _, src = model.run_with_cache(corrupt.tokens)
+    _, base = model.run_with_cache(clean.tokens)
+
+    def brute(sl, sh, receiver, inp):
+        def freeze(layer):
+            def hook(act, hook):
+                act = base[z[layer]].clone()
+                if layer == sl:
+                    act[:, :, sh] = src[z[layer]][:, :, sh]
+                return act
+
+            return hook
+
+        hooks = [(z[layer], freeze(layer)) for layer in z]
+        if receiver is None:
+            return metric(model.run_with_hooks(clean.tokens, fwd_hooks=hooks)).mean()
+        rl, rh = receiver
+        name, seen = f"blocks.{rl}.attn.hook_{inp}", {}
+        model.run_with_hooks(
+            clean.tokens, fwd_hooks=[*hooks, (name, lambda a, hook: seen.update(v=a.clone()))]
+        )
+
+        def put(act, hook):
+            act = act.clone()
+            act[:, :, rh] = seen["v"][:, :, rh]
+            return act
+
+        return metric(model.run_with_hooks(clean.tokens, fwd_hooks=[(name, put)])).mean()
+
+    with torch.no_grad():
+        for row in df.itertuples():
+            receiver = None if row.input == "direct" else (int(row.receiver_layer), int(row.receiver_head))
+            expected = brute(row.sender_layer, row.sender_head, receiver, row.input)
+            assert row.metric == pytest.approx(float(expected), abs=1e-5), row
+    paths = df[df["input"] != "direct"]
+    assert paths["effect"].abs().max() > 0.01  # the comparison is not between zeros
+    graph = circuit_from_path_patching(df, threshold=0.0)
+    assert graph.nodes["logits"]["layer"] == 3 and graph.nodes["L2H1"]["layer"] == 2
+    with pytest.raises(ValueError, match=r"head \(1, 0\) does not exist: attention layers \[0, 2\]"):
+        path_patching(model, clean.tokens, corrupt.tokens, metric, senders=[(1, 0)])
 
 
 # ---- head detectors -------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from torch import Tensor
 from interp.analysis.patching.activation import batched, prepare, with_effects
 from interp.analysis.patching.metrics import Metric
 from interp.analysis.patching.spec import PatchSpec
-from interp.hooks import check_model, has_hooks, hook_info, model_label, run_and_cache
+from interp.hooks import check_model, hook_info, hook_layers, model_label, run_and_cache
 
 
 def path_patching(
@@ -31,8 +31,11 @@ def path_patching(
     from the source run and every other head frozen at its base value, and record the receivers'
     `hook_q|k|v`; the logits of this run give the sender's *direct* effect (receiver "logits").
     (2) Run the base input again with only one receiver head's q, k or v replaced by the recorded
-    value. MLPs are recomputed, not frozen, so paths through MLPs count as part of the path.
-    senders / receivers default to every head; a receiver only counts when its layer is later.
+    value. Everything that is not an attention head (MLPs, and the SSM mixers of a hybrid) is
+    recomputed, not frozen, so paths through them count as part of the path.
+    The heads are those of the layers that have the attention hooks (`interp.hooks.hook_layers`): every
+    layer of a transformer, the attention layers of a hybrid. senders / receivers default to every
+    head; a receiver only counts when its layer is later.
     Returns rows sender_layer, sender_head, sender, receiver_layer, receiver_head, receiver, input
     (q | k | v | direct), metric, effect (fraction of the clean-corrupt gap, as in the module doc).
     """
@@ -41,29 +44,30 @@ def path_patching(
     if bad:
         raise ValueError(f"unknown receiver inputs {bad}; allowed: q, k, v")
     needed = ["blocks.{layer}.attn.hook_z", *(f"blocks.{{layer}}.attn.hook_{i}" for i in inputs)]
-    if not has_hooks(model, *needed) or not hasattr(model.cfg, "n_heads"):
+    attn_layers = hook_layers(model, *needed)
+    if not attn_layers or not hasattr(model.cfg, "n_heads"):
         raise ValueError(
             f"path patching works on attention heads; a {model_label(model)} has none (it needs cfg.n_heads "
-            f"and the hooks {', '.join(needed)} in every layer)"
+            f"and the hooks {', '.join(needed)} in at least one layer)"
         )
-    z_info = hook_info(model, "blocks.0.attn.hook_z")
+    z_hooks = {layer: f"blocks.{layer}.attn.hook_z" for layer in attn_layers}
+    z_info = hook_info(model, z_hooks[attn_layers[0]])
     if z_info.axes[:3] != ("batch", "pos", "head"):
         raise ValueError(f"path patching needs hook_z as [batch, pos, head, d_head], got axes {z_info.axes}")
-    cfg = model.cfg
-    all_heads = [(layer, h) for layer in range(cfg.n_layers) for h in range(cfg.n_heads)]
+    n_heads = model.cfg.n_heads
+    all_heads = [(layer, h) for layer in attn_layers for h in range(n_heads)]
     senders, receivers = list(senders or all_heads), list(receivers or all_heads)
     for layer, h in senders + receivers:
-        if not (0 <= layer < cfg.n_layers and 0 <= h < cfg.n_heads):
+        if layer not in z_hooks or not 0 <= h < n_heads:
             raise ValueError(
-                f"head ({layer}, {h}) does not exist: layers 0..{cfg.n_layers - 1}, heads 0..{cfg.n_heads - 1}"
+                f"head ({layer}, {h}) does not exist: attention layers {attn_layers}, heads 0..{n_heads - 1}"
             )
-    z_hooks = [f"blocks.{layer}.attn.hook_z" for layer in range(cfg.n_layers)]
     specs = [PatchSpec(z_hooks[layer], head=h) for layer, h in senders]
     run = prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode)
     base, source_cache = run.base, run.source_cache
     b = base.shape[0]
     with torch.no_grad():
-        _, base_cache = run_and_cache(model, base, z_hooks)
+        _, base_cache = run_and_cache(model, base, list(z_hooks.values()))
     rec_layers = sorted({layer for layer, _ in receivers})
     rec_hooks = [f"blocks.{layer}.attn.hook_{i}" for layer in rec_layers for i in inputs]
     rec_infos = {name: hook_info(model, name) for name in rec_hooks}
@@ -76,10 +80,8 @@ def path_patching(
         chunk = senders[start : start + per_forward]
         k = len(chunk)
         fwd_hooks = []
-        for layer, name in enumerate(z_hooks):
-            sender_mask = torch.zeros(
-                k, 1, 1, cfg.n_heads, 1, dtype=torch.bool, device=base_cache[name].device
-            )
+        for layer, name in z_hooks.items():
+            sender_mask = torch.zeros(k, 1, 1, n_heads, 1, dtype=torch.bool, device=base_cache[name].device)
             for i, (sl, sh) in enumerate(chunk):
                 sender_mask[i, 0, 0, sh, 0] = sl == layer
             frozen = _frozen_z_hook(sender_mask, source_cache.get(name), base_cache[name], k, b)
