@@ -57,10 +57,12 @@ def draw_circuit(graph: CircuitGraph) -> Figure:
     for name, info in graph.nodes.items():
         by_layer.setdefault(info["layer"], []).append(name)
     pos = {}
-    for layer, names in by_layer.items():
-        for i, name in enumerate(sorted(names)):
-            pos[name] = (i - (len(names) - 1) / 2, layer)
     width = max((len(v) for v in by_layer.values()), default=1)
+    for layer, names in by_layer.items():
+        # a half-layer row (an MLP above its heads) sits off to the right, clear of edges going up
+        shift = (width + 1) / 2 if layer != int(layer) else 0.0
+        for i, name in enumerate(sorted(names)):
+            pos[name] = (i - (len(names) - 1) / 2 + shift, layer)
     fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * width), 1.2 + 1.6 * max(len(by_layer), 1)))
     w_max = max((abs(e.weight) for e in graph.edges), default=1.0) or 1.0
     # parallel edges (q and k into one head) are bent apart so both stay readable
@@ -100,12 +102,7 @@ def draw_circuit(graph: CircuitGraph) -> Figure:
     )
     nx.draw_networkx_labels(g, pos, labels=labels, font_size=8, ax=ax)
     ax.set_yticks(sorted(by_layer))
-    ax.set_yticklabels(
-        [
-            "logits" if "logits" in names else "embed" if "embed" in names else f"layer {layer}"
-            for layer, names in sorted(by_layer.items())
-        ]
-    )
+    ax.set_yticklabels([_row_label(layer, names) for layer, names in sorted(by_layer.items())])
     ax.tick_params(left=False, bottom=False, labelbottom=False)
     for side in ("top", "right", "bottom", "left"):
         ax.spines[side].set_visible(False)
@@ -116,6 +113,13 @@ def draw_circuit(graph: CircuitGraph) -> Figure:
     )
     fig.tight_layout()
     return fig
+
+
+def _row_label(layer: float, names: list[str]) -> str:
+    for special in ("logits", "embed"):
+        if special in names:
+            return special
+    return f"layer {layer}" if layer == int(layer) else f"layer {int(layer)} MLP"  # MLPs sit half a layer up
 
 
 def render(

@@ -77,7 +77,7 @@ def circuit_from_edges(
 
     absolute: rank by |effect| (an edge that hurts the behaviour is part of the mechanism too).
     Nodes are the kept edges' endpoints: the embedding one layer below layer 0, the logits one above
-    the last. The graph's `threshold` is the smallest kept weight (what the caption reports).
+    the last, an MLP half a layer above its layer's heads. The graph's `threshold` is the smallest kept weight (what the caption reports).
     """
     need = {"sender", "sender_layer", "receiver", "receiver_layer", "input", "effect"}
     missing = need - set(edges.columns)
@@ -105,5 +105,7 @@ def circuit_from_edges(
     for row in kept.itertuples():
         graph.edges.append(Edge(row.sender, row.receiver, row.input, float(row.effect)))
         for name, layer in ((row.sender, row.sender_layer), (row.receiver, row.receiver_layer)):
-            graph.nodes[name] = {"layer": int(layer), "role": roles.get(name, "")}
+            # an MLP reads after its layer's heads: half a layer up, so edges into it do not run sideways
+            layer = int(layer) + (0.5 if name.endswith(".mlp") else 0)
+            graph.nodes[name] = {"layer": layer, "role": roles.get(name, "")}
     return graph
