@@ -46,7 +46,7 @@ from interp.analysis.patching.metrics import Metric
 from interp.analysis.patching.path import head_name
 from interp.analysis.patching.spec import PatchSpec, head_count
 from interp.analysis.patching.stats import effect_intervals, per_example_effects
-from interp.hooks import check_model, hook_info, model_label, run_and_cache
+from interp.hooks import check_model, hook_info, hook_layers, model_label, run_and_cache
 
 QKV = ("q", "k", "v")
 METHODS = ("eap", "eap-ig")
@@ -108,6 +108,14 @@ def edge_graph(model) -> EdgeGraph:
             f"hook_resid_post in every layer; {model_label(model)} lacks {', '.join(missing[:4])}"
             + (" ..." if len(missing) > 4 else "")
         )
+    head_hooks = ["attn.hook_z", "hook_attn_out", *(f"attn.hook_{i}" for i in QKV)]
+    with_heads = hook_layers(model, *(f"blocks.{{layer}}.{h}" for h in head_hooks))
+    partial = sorted(set(hook_layers(model, "blocks.{layer}.attn.hook_z")) - set(with_heads))
+    if partial:
+        raise ValueError(
+            f"layer {partial[0]} has attention heads (attn.hook_z) but not all of the hooks EAP needs: "
+            f"{', '.join(head_hooks)}"
+        )
     senders = [Sender(Node("embed", "embed", -1), "blocks.0.hook_resid_pre", 0)]
     receivers: list[Receiver] = []
     attn, fix = {}, {}
@@ -115,30 +123,24 @@ def edge_graph(model) -> EdgeGraph:
         p = f"blocks.{layer}."
         pre, mid, post = p + "hook_resid_pre", p + "hook_resid_mid", p + "hook_resid_post"
         after_pre = mid if mid in names else post  # where what reads resid_pre is added back
-        heads = [p + "attn.hook_z", p + "hook_attn_out", *(p + f"attn.hook_{i}" for i in QKV)]
         found = False
-        if any(h in names for h in heads[:1]):
-            absent = [h for h in heads if h not in names]
-            if absent:
-                raise ValueError(
-                    f"layer {layer} has attention heads but lacks the hooks {absent} that EAP needs"
-                )
-            if hook_info(model, heads[0]).axes[:3] != ("batch", "pos", "head"):
-                raise ValueError(f"EAP needs {heads[0]} as [batch, pos, head, d_head]")
-            for h in range(head_count(model, heads[0])):
+        if layer in with_heads:
+            z = p + "attn.hook_z"
+            if hook_info(model, z).axes[:3] != ("batch", "pos", "head"):
+                raise ValueError(f"EAP needs {z} as [batch, pos, head, d_head]")
+            for h in range(head_count(model, z)):
                 node = Node(head_name(layer, h), "head", layer, h)
-                senders.append(Sender(node, heads[0], 2 * layer + 1))
+                senders.append(Sender(node, z, 2 * layer + 1))
                 receivers += [Receiver(node, i, pre, p + f"attn.hook_{i}", 2 * layer) for i in QKV]
-            attn[layer], fix[pre], found = (heads[0], heads[1]), after_pre, True
+            attn[layer], fix[pre], found = (z, p + "hook_attn_out"), after_pre, True
         if p + "hook_mixer_out" in names:
             node = Node(f"L{layer}.mixer", "mixer", layer)
             senders.append(Sender(node, p + "hook_mixer_out", 2 * layer + 1))
             receivers.append(Receiver(node, "in", pre, p + "hook_mixer_out", 2 * layer))
             fix[pre], found = after_pre, True
         if p + "hook_mlp_out" in names:
-            read, stage = (
-                (mid, 2 * layer + 1) if mid in names else (pre, 2 * layer)
-            )  # parallel blocks read pre
+            # a serial block's MLP reads resid_mid, after the heads; a parallel (GPT-NeoX) one resid_pre
+            read, stage = (mid, 2 * layer + 1) if mid in names else (pre, 2 * layer)
             node = Node(f"L{layer}.mlp", "mlp", layer)
             senders.append(Sender(node, p + "hook_mlp_out", 2 * layer + 2))
             receivers.append(Receiver(node, "in", read, p + "hook_mlp_out", stage))
