@@ -209,7 +209,8 @@ class _ChunkedScan(torch.autograd.Function):
             B, C = F.pad(B, (0, 0, 0, 0, 0, pad)), F.pad(C, (0, 0, 0, 0, 0, pad))
         c = (length + pad) // q
         cum = (dt * A).view(b, c, q, h).transpose(2, 3).cumsum(-1)  # [b, c, H, Q]
-        Xh = (x.view(b, c, q, h, p) * dt.view(b, c, q, h, 1)).transpose(2, 3).contiguous()  # [b, c, H, Q, P]
+        Xh = x.new_empty(b, c, h, q, p)  # dt x, head-major
+        torch.mul(x.view(b, c, q, h, p).transpose(2, 3), dt.view(b, c, q, h, 1).transpose(2, 3), out=Xh)
         Bg = B.view(b, c, q, g, n).transpose(2, 3).contiguous()  # [b, c, G, Q, N]
         Cg = C.view(b, c, q, g, n).transpose(2, 3).contiguous()
         S = (Cg @ Bg.transpose(-1, -2))[:, :, :, None]  # C B^T once per group: [b, c, G, 1, Q, Q]
@@ -217,7 +218,7 @@ class _ChunkedScan(torch.autograd.Function):
         y_intra = M.view(b, c, h, q, q) @ Xh  # [b, c, H, Q, P]
         del M
         # each chunk's write to the state at its end, for all the group's heads at once: [J*P, Q] @ [Q, N]
-        writes = _group_major(Xh * _exp(cum[..., -1:] - cum)[..., None], g).transpose(-1, -2) @ Bg
+        writes = _scaled_group_major(Xh, _exp(cum[..., -1:] - cum), g).transpose(-1, -2) @ Bg
         writes = writes.view(b, c, h, p, n)
         chunk_decay = _exp(cum[..., -1])[..., None, None]  # [b, c, H, 1, 1]
         starts = torch.empty_like(writes)  # the state entering each chunk
@@ -244,8 +245,7 @@ class _ChunkedScan(torch.autograd.Function):
         b, c, h = Xh.shape[:3]
         p, g, n = Xh.shape[-1], B.shape[2], B.shape[3]
         j = h // g
-        if dy.shape[1] != c * q:
-            dy = F.pad(dy, (0, 0, 0, 0, 0, c * q - dy.shape[1]))
+        dy = dy.contiguous() if dy.shape[1] == c * q else F.pad(dy, (0, 0, 0, 0, 0, c * q - dy.shape[1]))
         dyh = dy.view(b, c, q, h, p).transpose(2, 3).contiguous()  # [b, c, H, Q, P]
         cum = (dt * A).view(b, c, q, h).transpose(2, 3).cumsum(-1)
         Bg = B.view(b, c, q, g, n).transpose(2, 3).contiguous()
@@ -264,7 +264,9 @@ class _ChunkedScan(torch.autograd.Function):
         dB = dS.transpose(-1, -2) @ Cg
         # the entering state's contribution y_in = exp(cum_t) C_t . start
         dcum += (dy * y_in).sum(-1).view(b, c, q, h).transpose(2, 3)
-        dyin = _group_major(dyh * _exp(cum)[..., None], g)  # [b, c, G, Q, J*P] (dyh may be a view of dy)
+        dyin = dy.new_empty(b, c, g, q, j, p)  # dy exp(cum_t), group-major
+        e = _exp(cum).view(b, c, g, j, q).transpose(3, 4)[..., None]
+        dyin = torch.mul(dy.view(b, c, q, g, j, p).transpose(2, 3), e, out=dyin).view(b, c, g, q, j * p)
         dC += dyin @ starts.view(b, c, g, j * p, n)  # [Q, J*P] @ [J*P, N]
         dstarts = (dyin.transpose(-1, -2) @ Cg).view(b, c, h, p, n)  # [b, c, G, J*P, N]
         del dyin, dyh
@@ -282,7 +284,7 @@ class _ChunkedScan(torch.autograd.Function):
         # writes = Xw^T B with Xw = X * exp(cum_end - cum_s)
         dW = dW.view(b, c, g, j * p, n)
         to_end = _exp(cum[..., -1:] - cum)[..., None]  # [b, c, H, Q, 1]
-        dB += _group_major(Xh * to_end, g) @ dW
+        dB += _scaled_group_major(Xh, to_end[..., 0], g) @ dW
         dXw = (Bg @ dW.transpose(-1, -2)).view(b, c, g, q, j, p).transpose(3, 4).reshape(b, c, h, q, p)
         dXw.mul_(to_end)  # dL/dX through the writes, [b, c, H, Q, P]
         dw = (dXw * Xh).sum(-1)  # [b, c, H, Q]: dL/d(cum_end - cum_s)
@@ -290,9 +292,10 @@ class _ChunkedScan(torch.autograd.Function):
         dcum -= dw
         dcum[..., -1] += dw.sum(-1)
         # X = dt x and y += D x
-        dX = dXh.transpose(2, 3).reshape(b, c * q, h, p)
-        ddt = (dX * x).sum(-1)
-        dx = dX.mul_(dt[..., None])
+        xh = x.view(b, c, q, h, p).transpose(2, 3)
+        ddt = (dXh * xh).sum(-1).transpose(2, 3).reshape(b, c * q, h)
+        dx = x.new_empty(b, c * q, h, p)
+        torch.mul(dXh.transpose(2, 3), dt.view(b, c, q, h, 1), out=dx.view(b, c, q, h, p))
         dD = None
         if D is not None:
             dx.addcmul_(dy, D[:, None])
@@ -306,10 +309,14 @@ class _ChunkedScan(torch.autograd.Function):
         return cut(dx), cut(ddt), dA, cut(dB), cut(dC), dD, dh0, None
 
 
-def _group_major(t: Tensor, g: int) -> Tensor:
-    """[b, c, H, Q, P] -> [b, c, G, Q, J*P] (contiguous): a group's heads side by side as matmul columns."""
+def _scaled_group_major(t: Tensor, scale: Tensor, g: int) -> Tensor:
+    """t [b, c, H, Q, P] * scale [b, c, H, Q] -> [b, c, G, Q, J*P]: a group's heads side by side as matmul
+    columns, the product written straight into that layout (a product and then a copy was two passes)."""
     b, c, h, q, p = t.shape
-    return t.view(b, c, g, h // g, q, p).transpose(3, 4).reshape(b, c, g, q, h // g * p)
+    j = h // g
+    out = t.new_empty(b, c, g, q, j, p)
+    torch.mul(t.view(b, c, g, j, q, p).transpose(3, 4), scale.view(b, c, g, j, q, 1).transpose(3, 4), out=out)
+    return out.view(b, c, g, q, j * p)
 
 
 def _chunked_factored(xf, dtf, Af, Bf, Cf, Df, h0, q: int) -> tuple[Tensor, Tensor]:
