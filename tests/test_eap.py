@@ -273,3 +273,29 @@ def test_bad_inputs_say_what_is_allowed(hash_copy):
     tokens = torch.zeros(1, 4, dtype=torch.long)
     with pytest.raises(ValueError, match="needs a residual stream.*lstm lacks blocks.0.hook_resid_pre"):
         edge_attribution_patching(lstm, tokens, tokens, metric)
+
+
+def test_denoising_is_first_order_too():
+    model = tiny("transformer")
+    clean, corrupt, metric = tiny_inputs(0.01, model)
+    bf = edge_patching(model, clean, corrupt, metric, mode="denoise")
+    eap = edge_attribution_patching(model, clean, corrupt, metric, mode="denoise")
+    m = bf.merge(eap, on=KEY, suffixes=("_bf", "_eap"))
+    assert abs(m.score_eap - m.score_bf).max() < 0.01 * abs(m.score_bf).max()
+    assert (
+        bf.attrs["mode"] == "denoise" and (m.metric_bf - m.score_bf).round(6).nunique() == 1
+    )  # base: corrupt
+    assert (m.metric_bf - m.score_bf).iloc[0] == pytest.approx(bf.attrs["corrupt_metric"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_agreement_probe_runs(run_python, tmp_path):
+    proc = run_python("probes/eap_agreement.py", "--quick", "--out", str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for line in (
+        "eap     vs activation patching: Spearman",
+        "eap-ig : Spearman",
+        "faithfulness of the top-k",
+    ):
+        assert line in proc.stdout, proc.stdout
+    assert {p.name for p in tmp_path.iterdir()} >= {"edges.csv", "summary.json", "circuit.png"}
