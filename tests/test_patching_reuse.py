@@ -229,3 +229,26 @@ def test_rotary_without_autograd_equals_the_differentiable_form():
         assert differentiable.requires_grad
         with torch.no_grad():
             assert torch.equal(apply_rotary(x, cos, sin), differentiable)
+
+
+def test_reuse_with_a_hook_watching_the_next_blocks_queries(models):
+    """A position-local patch in block l changes block l + 1's input at its position only, so reuse takes
+    block l + 1's later queries/keys/values from the recording; a hook watching them there makes it
+    compute them, and it sees every position the pass computes (P - pos), as the contract says."""
+    model = models["random-d32"].float()
+    clean, corrupt = paired_batches(TASK, 2, 6)
+    metric = make_metric("logit_diff", clean, corrupt)
+    n = clean.tokens.shape[1]
+    specs = patch_specs(model, "z", layers=[0], heads=[1], positions=True, n_pos=n)
+    args = (model, clean.tokens, corrupt.tokens, metric, specs)
+    loop = activation_patching(*args, mode="noise", method="loop")
+    seen = []
+    model.hook_dict["blocks.1.attn.hook_q"].add_perma_hook(lambda act, hook: seen.append(act.shape[1]))
+    try:
+        reuse = activation_patching(*args, mode="noise", method="reuse")
+    finally:
+        model.reset_hooks(including_permanent=True)
+    assert_same(reuse, loop, torch.float32)
+    assert {n - p for p in range(n)} <= set(seen)  # every resumed pass computed all its positions
+    plain = activation_patching(*args, mode="noise", method="reuse")  # unwatched: the recorded ones
+    assert_same(plain, loop, torch.float32)

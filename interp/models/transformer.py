@@ -167,22 +167,33 @@ class Attention(nn.Module):
         x: Tensor,
         bias: Tensor | None,
         rotary: tuple[Tensor, Tensor] | None,
-        past: list[Tensor] | None = None,
+        past: list[Tensor] | KVSlots | None = None,
+        known: tuple[Tensor, Tensor, Tensor] | None = None,
     ) -> Tensor:
         """x [B, P, d_model] -> [B, P, d_model]. `past` ([] or [keys, values], each [B, H, T, Dh]) is this
         layer's KV cache: earlier keys and values are prepended and the list is updated in place. A
-        `KVSlots` (resumed passes) holds them in a buffer that the new ones are written into."""
+        `KVSlots` (resumed passes) holds them in a buffer that the new ones are written into.
+
+        known (with `KVSlots`): the recorded queries, keys and values [B, H, T, Dh] (after rotary) of x's
+        last T positions, the same in each copy of the batch; only the first P - T positions are projected
+        (and their q/k/v hooks see only those)."""
         b, p, _ = x.shape
         cfg = self.cfg
-        qkv = self.qkv(x).view(b, p, cfg.n_heads, 3 * cfg.d_head)
+        if known is not None:
+            m = p - known[0].shape[2]  # positions to compute
+            x = x[:, :m]
+            rotary = None if rotary is None else tuple(t[..., :m, :] for t in rotary)
+        qkv = self.qkv(x).view(b, x.shape[1], cfg.n_heads, 3 * cfg.d_head)
         q, k, v = qkv.chunk(3, dim=-1)  # each [B, P, H, Dh]
         q, k, v = self.hook_q(q), self.hook_k(k), self.hook_v(v)
         if rotary is not None:
             q = self.hook_rot_q(apply_rotary(q, *rotary))
             k = self.hook_rot_k(apply_rotary(k, *rotary))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, P, Dh]
+        if known is not None:
+            q = append_known(q, known[0])
         if isinstance(past, KVSlots):  # a resumed pass (`HookedTransformer.forward_from`)
-            k, v = past.write(k, v)
+            k, v = past.write(k, v, None if known is None else known[1:])
         elif past is not None:
             if past:
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
@@ -235,9 +246,10 @@ class Block(nn.Module):
         self.hook_mlp_out = Hook("batch pos d_model")  # [batch, pos, d_model]
         self.hook_resid_post = Hook("batch pos d_model")  # [batch, pos, d_model]
 
-    def forward(self, resid: Tensor, bias: Tensor | None, rotary, past: list[Tensor] | None = None) -> Tensor:
+    def forward(self, resid: Tensor, bias: Tensor | None, rotary, past=None, known=None) -> Tensor:
+        """past, known: see `Attention.forward`."""
         resid = self.hook_resid_pre(resid)
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid), bias, rotary, past))
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid), bias, rotary, past, known))
         if self.parallel:  # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
             mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid)))
             return self.hook_resid_post(resid + attn_out + mlp_out)
@@ -407,13 +419,19 @@ class HookedTransformer(HookedModel):
         """One forward of tokens [B, P] recording what `forward_from` restarts from."""
         cache = self.init_kv_cache()
         resids: list[Tensor] = []
-        hooks = [
-            (f"blocks.{i}.hook_resid_pre", lambda act, hook: resids.append(act))
-            for i in range(len(self.blocks))
-        ]
+        queries: list[Tensor] = []  # after rotary, as the keys in the cache
+        q_hook = (
+            "attn.hook_rot_q" if self.cfg.positional == "rope" and self.cfg.rotary_dim > 0 else "attn.hook_q"
+        )
+        hooks = []
+        for i in range(len(self.blocks)):
+            hooks += [
+                (f"blocks.{i}.hook_resid_pre", lambda act, hook: resids.append(act)),
+                (f"blocks.{i}.{q_hook}", lambda act, hook: queries.append(act.transpose(1, 2))),
+            ]
         with torch.no_grad():
             logits = self.run_with_hooks(tokens, attention_mask, past_kv_cache=cache, fwd_hooks=hooks)
-        return ResumeState(logits, resids, [layer for layer in cache.layers], cache.key_mask)
+        return ResumeState(logits, resids, [layer for layer in cache.layers], cache.key_mask, queries)
 
     # Hooks after attention has mixed positions (or on the query side): within their block, a patch at
     # position p changes position p only (keys/values, hence every later query, are computed before them).
@@ -447,8 +465,8 @@ class HookedTransformer(HookedModel):
             )
         device = state.resid[0].device
         key_mask = None if state.key_mask is None else state.key_mask.repeat(copies, 1)
-        past = lambda i, p: state.slots(i, copies).begin(p) if p else None  # noqa: E731
-        first = layer
+        past = lambda i, p: state.slots(i, copies).begin(p)  # noqa: E731
+        first, known = layer, None
         resid = state.resid[layer][:, pos : pos + 1 if single else n].repeat(copies, 1, 1)
         if single:
             mask = None if key_mask is None else key_mask[:, : pos + 1]
@@ -461,9 +479,15 @@ class HookedTransformer(HookedModel):
                 )
             resid = torch.cat([resid, state.resid[layer + 1][:, rest].repeat(copies, 1, 1)], 1)
             first = layer + 1
+            # The next block's input changed at pos only: its queries, keys and values after pos are the
+            # recorded ones (unless a hook there wants to see them computed).
+            attn = self.blocks[first].attn
+            watched = (attn.hook_q, attn.hook_k, attn.hook_v, attn.hook_rot_q, attn.hook_rot_k)
+            if pos + 1 < n and not any(h.active for h in watched):
+                known = tuple(t[:, :, rest] for t in (state.q[first], *state.kv[first]))
         bias, rotary = self._bias_and_rotary(pos, n, key_mask, device)
         for i in range(first, len(self.blocks)):
-            resid = self.blocks[i](resid, bias, rotary, past(i, pos))
+            resid = self.blocks[i](resid, bias, rotary, past(i, pos), known if i == first else None)
         return self.unembed(self.ln_final(resid))
 
     def init_kv_cache(self) -> KVCache:
@@ -488,6 +512,7 @@ class ResumeState:
     resid: list[Tensor]  # per layer: blocks.{l}.hook_resid_pre [B, P, d_model]
     kv: list[list[Tensor]]  # per layer: [keys, values], each [B, H, P, Dh] (after rotary)
     key_mask: Tensor | None  # [B, P] True = real token; None: no padding
+    q: list[Tensor]  # per layer: queries [B, H, P, Dh] (after rotary)
     # buffers kept across passes; not an init field, so dataclasses.replace(state) starts without them
     _slots: dict[int, KVSlots] = field(default_factory=dict, init=False, repr=False)
 
@@ -522,15 +547,30 @@ class KVSlots:
         self.clean = self.start = start  # the pass overwrites positions >= start
         return self
 
-    def write(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """New keys/values [copies * B, H, p, Dh] at positions start.. -> all of them up to there."""
-        end = self.start + k.shape[2]
+    def write(
+        self, k: Tensor, v: Tensor, known: tuple[Tensor, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """New keys/values [copies * B, H, p, Dh] at positions start.., then `known` ones [B, H, T, Dh]
+        (the same in every copy) -> all of them up to there, [copies * B, H, start + p + T, Dh]."""
+        mid = self.start + k.shape[2]
+        end = mid + (0 if known is None else known[0].shape[2])
         rows = k.shape[0]  # copies * B: a prefix of the buffer (copy-major)
         out = []
-        for buf, new in zip(self.buffers, (k, v)):
-            buf[:rows, :, self.start : end] = new
+        for j, (buf, new) in enumerate(zip(self.buffers, (k, v))):
+            buf[:rows, :, self.start : mid] = new
+            if known is not None:
+                buf[:rows].unflatten(0, (-1, known[j].shape[0]))[:, :, :, mid:end] = known[j][None]
             out.append(buf[:rows, :, :end])
         return out[0], out[1]
+
+
+def append_known(new: Tensor, known: Tensor) -> Tensor:
+    """new [K*B, H, m, Dh] followed by known [B, H, T, Dh] (the same in each of the K copies) along
+    positions -> [K*B, H, m + T, Dh], written once (no repeat, no concatenation)."""
+    out = new.new_empty((new.shape[0], new.shape[1], new.shape[2] + known.shape[2], new.shape[3]))
+    out[:, :, : new.shape[2]] = new
+    out.unflatten(0, (-1, known.shape[0]))[:, :, :, new.shape[2] :] = known[None]
+    return out
 
 
 @dataclass
