@@ -28,7 +28,12 @@ input, each q / k / v / output hook assembles every receiver's value from its co
 residual hook adds back what the copies changed, so all copies agree again after each layer.
 
 Rows and effects are as in `path_patching` (sender, receiver, input q | k | v | in | direct, metric,
-effect = fraction of the clean-corrupt gap, per-example error bars from `patching.stats`).
+effect = fraction of the clean-corrupt gap, per-example error bars from `patching.stats`). Batches
+without padding only (no attention_mask yet).
+
+    >>> eap = edge_attribution_patching(model, clean.tokens, corrupt.tokens, metric, method="eap-ig", steps=10)
+    >>> graph = circuit_from_edges(eap, k=20)                      # interp.analysis.circuits
+    >>> circuit_faithfulness(model, clean.tokens, corrupt.tokens, metric, graph)["faithfulness"]
 """
 
 from __future__ import annotations
