@@ -2,21 +2,26 @@
 
 A patch at layer l cannot change anything below l, and in a causal model a patch at position p cannot
 change positions < p. So the patched forward starts at layer l, position p, from one recorded forward of
-the base run: for attention, its residual stream at layer l and the keys/values of positions < p.
+the base run: for attention, its residual stream at layer l and the keys/values of positions < p; for
+Mamba-1 and Mamba-2, the conv inputs of positions p-K+1..p-1 and the SSM state after p - 1 (a state
+patch at t still feeds the recurrence, as in the loop); for the LSTM, (h, c) after p - 1.
 Patches that share a start (layer, position) share one pass, on copies of the batch as in
-`method="batched"`. Only the model knows how to restart its own forward, so this is a capability a
-model offers, not part of the hook contract:
+`method="batched"`; the copies per pass come from the measured memory of a resumed pass
+(`patching.memory.resumed_bytes`). Only the model knows how to restart its own forward, so this is a
+capability a model offers, not part of the hook contract:
 
     state = model.resume_state(tokens [B, P], attention_mask=None)   # .logits [B, P, V] and whatever
                                                                        # the model needs to restart
     model.forward_from(state, layer, pos, copies=K) -> logits [K*B, P - pos, V]
-        (runs blocks >= layer on positions >= pos; their hooks fire with P - pos positions)
+        (runs blocks >= layer on positions >= pos; their hooks fire with P - pos positions, except
+        Mamba's hook_conv: P - pos + K - 1, the slice [pos:] of the full forward's)
     model.position_local(hook) -> bool      (optional) a patch there at p changes only position p of
     model.forward_from(..., single=True)    its block, which then runs on position p alone
 
-interp's transformer offers it (`HookedTransformer.forward_from`); for a model without it (a
-TransformerLens bridge, a user's module) `method="auto"` falls back to `"batched"`. Tested equal to the
-one-forward-per-patch loop (atol 1e-5), padding included.
+interp's transformer, Mamba, Mamba-2 and LSTM offer it (`forward_from`); for a model without it (a
+TransformerLens bridge, a user's module, the hybrid for now) `method="auto"` falls back to `"batched"`.
+Tested equal to the one-forward-per-patch loop (atol 1e-5), padding included
+(tests/test_patching_reuse.py).
 """
 
 from __future__ import annotations
