@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
 def _fmt_short(r: dict) -> str:
     if "error" in r:
         return r["error"]
-    return f"{r['tok_s']:,.0f} tok/s, {r['peak_mib']:,.0f} MiB ({r['steps']} steps)"
+    return f"{r['tok_s']:,.0f} tok/s ({r['cpu_tok_s']:,.0f} by CPU time), {r['peak_mib']:,.0f} MiB ({r['steps']} steps)"
 
 
 if __name__ == "__main__":

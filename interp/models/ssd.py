@@ -214,9 +214,8 @@ class _ChunkedScan(torch.autograd.Function):
         Bg = B.view(b, c, q, g, n).transpose(2, 3).contiguous()  # [b, c, G, Q, N]
         Cg = C.view(b, c, q, g, n).transpose(2, 3).contiguous()
         S = (Cg @ Bg.transpose(-1, -2))[:, :, :, None]  # C B^T once per group: [b, c, G, 1, Q, Q]
-        M = _causal_decay(cum, inplace=True).view(b, c, g, j, q, q).mul_(S)
-        y_intra = M.view(b, c, h, q, q) @ Xh  # [b, c, H, Q, P]
-        del M
+        decay = _causal_decay(cum, inplace=True)  # [b, c, H, Q, Q], saved: rebuilding it cost more
+        y_intra = (decay.view(b, c, g, j, q, q) * S).view(b, c, h, q, q) @ Xh  # [b, c, H, Q, P]
         # each chunk's write to the state at its end, for all the group's heads at once: [J*P, Q] @ [Q, N]
         writes = _scaled_group_major(Xh, _exp(cum[..., -1:] - cum), g).transpose(-1, -2) @ Bg
         writes = writes.view(b, c, h, p, n)
@@ -234,13 +233,13 @@ class _ChunkedScan(torch.autograd.Function):
         y = y_in + y_intra.transpose(2, 3).reshape(b, c * q, h, p)
         if D is not None:
             y.addcmul_(x, D[:, None])
-        ctx.save_for_backward(Xh, x, dt, A, B, C, D, starts, y_in)
+        ctx.save_for_backward(Xh, x, dt, A, B, C, D, starts, y_in, decay)
         ctx.length, ctx.q = length, q
         return (y[:, :length] if pad else y), last
 
     @staticmethod
     def backward(ctx, dy, dlast):
-        Xh, x, dt, A, B, C, D, starts, y_in = ctx.saved_tensors
+        Xh, x, dt, A, B, C, D, starts, y_in, decay = ctx.saved_tensors
         length, q = ctx.length, ctx.q
         b, c, h = Xh.shape[:3]
         p, g, n = Xh.shape[-1], B.shape[2], B.shape[3]
@@ -250,12 +249,12 @@ class _ChunkedScan(torch.autograd.Function):
         cum = (dt * A).view(b, c, q, h).transpose(2, 3).cumsum(-1)
         Bg = B.view(b, c, q, g, n).transpose(2, 3).contiguous()
         Cg = C.view(b, c, q, g, n).transpose(2, 3).contiguous()
-        # intra-chunk y = M X with M = decay * S, recomputed
-        decay = _causal_decay(cum, inplace=True).view(b, c, g, j, q, q)
+        # intra-chunk y = M X with M = decay * S
+        decay = decay.view(b, c, g, j, q, q)
         S = (Cg @ Bg.transpose(-1, -2))[:, :, :, None]
         dM = (dyh @ Xh.transpose(-1, -2)).view(b, c, g, j, q, q)
         dS = (dM * decay).sum(3)  # [b, c, G, Q, Q]
-        M = decay.mul_(S)
+        M = decay * S
         dXh = M.view(b, c, h, q, q).transpose(-1, -2) @ dyh  # [b, c, H, Q, P]
         R = dM.mul_(M).view(b, c, h, q, q)  # d/d(cum_t - cum_s) of every M entry
         dcum = R.sum(-1) - R.sum(-2)
@@ -284,11 +283,13 @@ class _ChunkedScan(torch.autograd.Function):
         # writes = Xw^T B with Xw = X * exp(cum_end - cum_s)
         dW = dW.view(b, c, g, j * p, n)
         to_end = _exp(cum[..., -1:] - cum)[..., None]  # [b, c, H, Q, 1]
-        dB += _scaled_group_major(Xh, to_end[..., 0], g) @ dW
-        dXw = (Bg @ dW.transpose(-1, -2)).view(b, c, g, q, j, p).transpose(3, 4).reshape(b, c, h, q, p)
-        dXw.mul_(to_end)  # dL/dX through the writes, [b, c, H, Q, P]
-        dw = (dXw * Xh).sum(-1)  # [b, c, H, Q]: dL/d(cum_end - cum_s)
-        dXh += dXw
+        Xw = _scaled_group_major(Xh, to_end[..., 0], g)  # [b, c, G, Q, J*P]
+        dB += Xw @ dW
+        dXw = Bg @ dW.transpose(-1, -2)  # dL/dXw [b, c, G, Q, J*P]
+        dw = (dXw * Xw).view(b, c, g, q, j, p).sum(-1).transpose(3, 4).reshape(b, c, h, q)  # dL/d(-cum_s)
+        dXh.view(b, c, g, j, q, p).addcmul_(
+            dXw.view(b, c, g, q, j, p).transpose(3, 4), to_end.view(b, c, g, j, q, 1)
+        )
         dcum -= dw
         dcum[..., -1] += dw.sum(-1)
         # X = dt x and y += D x
