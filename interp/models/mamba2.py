@@ -76,7 +76,7 @@ class Mamba2Config(Config):
     tie_embeddings: bool = True
     n_ctx: int | None = None  # no positional limit; set to guard against overlong inputs
     scan: str = "auto"  # "auto" | "reference" | "chunked" (interp.models.ssd)
-    chunk_size: int | None = None  # chunked scan: positions per chunk; None = ssd.DEFAULT_CHUNK
+    chunk_size: int | None = None  # chunked scan: positions per chunk; None = ssd.auto_chunk_size(length)
     dt_limit_min: float = 0.0  # dt is clamped to [dt_limit_min, dt_limit_max] after softplus
     dt_limit_max: float | None = None  # None: no upper limit (Hugging Face's inf)
     # initialisation from scratch, as mamba-ssm's Mamba2 does it
