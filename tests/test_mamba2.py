@@ -207,6 +207,18 @@ def test_chunked_scan_backward_passes_gradcheck(length, chunk, last):
     assert torch.autograd.gradcheck(fn, tuple(inputs.values()), atol=1e-7, rtol=1e-6)
 
 
+def test_chunk_size_follows_the_length():
+    from interp.models.ssd import auto_chunk_size
+
+    assert [auto_chunk_size(n) for n in (1, 37, 64, 65, 100, 256, 1000)] == [1, 37, 64, 33, 50, 64, 63]
+    inputs = scan_inputs(2, 100, seed=2)  # auto: 2 chunks of 50, no padding
+    ref = outputs_and_grads(ssd_scan_ref, inputs, {}, False)
+    for r, f in zip(ref, outputs_and_grads(ssd_scan_chunked, inputs, {}, False), strict=True):
+        torch.testing.assert_close(f, r, atol=1e-9, rtol=1e-9)
+    with pytest.raises(ValueError, match="chunk_size must be a positive number of positions, got 0"):
+        ssd_scan_chunked(**inputs, chunk_size=0)
+
+
 def test_chunked_scan_with_vanishing_decays_matches_reference():
     """Strong decays (exp underflows, the clamped fast exp) and long inputs: still the reference's numbers."""
     inputs = scan_inputs(2, 300, seed=7)

@@ -43,7 +43,16 @@ from torch import Tensor
 
 IMPLS = ("auto", "reference", "chunked", "mamba_ssm")
 MAMBA_SSM_CHUNK = 256  # mamba-ssm's Mamba2 default chunk_size
-DEFAULT_CHUNK = 64  # measured on CPU (benchmarks/mamba2_scan.py): 32..128 are within ~15% of each other
+DEFAULT_CHUNK = (
+    64  # target positions per chunk on CPU (benchmarks/mamba2_scan.py: 32 and 64 tie, 128 is slower)
+)
+
+
+def auto_chunk_size(length: int, target: int = DEFAULT_CHUNK) -> int:
+    """Positions per chunk for an input of `length`: about `target`, evened out over the chunks so that
+    the padding is less than one position per chunk (100 positions: 2 chunks of 50, not 2 of 64)."""
+    chunks = max(1, -(-length // target))
+    return max(1, -(-length // chunks))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,7 +393,7 @@ def ssd_scan_chunked(
 ):
     """The fast pure-PyTorch path (see the module docstring); same arguments as `ssd_scan`."""
     _check_shapes(x, dt, A, B, C, D, dt_bias, initial_state, state_edit, write)
-    q = chunk_size or DEFAULT_CHUNK
+    q = chunk_size if chunk_size is not None else auto_chunk_size(x.shape[1])
     if not isinstance(q, int) or q < 1:
         raise ValueError(f"chunk_size must be a positive number of positions, got {chunk_size!r}")
     f = _compute_dtype(x)
