@@ -13,23 +13,25 @@ coordinate). That is what makes the sequence map y = M x exact and cheap to writ
 
     M[b, h, t, s] = (C_t . B_s) exp(A[h] (cum_t - cum_s)) dt_s      for s <= t,  cum_t = dt_1 + ... + dt_t
 
-Two implementations, one result:
+Three implementations, one result:
 
 - `ssd_scan_ref`: a plain loop over positions in float32 (float64 for float64 inputs). Obviously correct
   and slow; every other path is tested against it, in outputs, states and gradients.
 - `ssd_scan_chunked`: the fast pure-PyTorch path. Without hooks (training, evaluation) it is the SSD
-  chunked form: positions are cut into chunks of `chunk_size`; inside a chunk the output is the masked
-  matrix product `(C B^T * decay) (dt x)` (an attention-like [Q, Q] matrix per head: batched matmuls,
-  no time loop), and only the state at each chunk boundary is carried over by a short loop over
-  chunks. B and C are multiplied once per *group*, not once per head (Hugging Face's fallback repeats
-  them for every head first). When per-position states are asked for or edited (`return_states`,
-  `state_edit`, `write`: the hooks `hook_ssm_state` / `hook_ssm_write`) it builds the [B, H, L, P, N]
-  states chunk by chunk with the same decay matrices, and from an edited position on runs one position
-  at a time, so an edit at t is the state that t + 1 builds on (and earlier positions are untouched).
-
-Autograd runs through both paths (no custom backward): the chunked form keeps [B, H, L, Q] decay and
-score matrices for backward, which with Q = 64 is smaller than the [B, H, L, 256] tensors of Hugging
-Face's fallback (benchmarks/mamba2_scan.py measures both).
+  chunked form: positions are cut into chunks of `chunk_size` (`auto_chunk_size`: about 64, evened out
+  over the length); inside a chunk the output is the masked matrix product `(C B^T * decay) (dt x)`
+  (an attention-like [Q, Q] matrix per head: batched matmuls, no time loop), and only the state at each
+  chunk boundary is carried over by a short loop over chunks. B and C are multiplied once per *group*,
+  not once per head (Hugging Face's fallback repeats them for every head first). This form is one
+  autograd node (`_ChunkedScan`) with a hand-written backward that keeps only the inputs, the chunk
+  boundary states, the entering states' share of y and the [Q, Q] decays; autograd through the same
+  steps kept several [B, H, L, Q] tensors a layer and spent most of its time building them. When
+  per-position states are asked for or edited (`return_states`, `state_edit`, `write`: the hooks
+  `hook_ssm_state` / `hook_ssm_write`) it builds the [B, H, L, P, N] states chunk by chunk with the same
+  decay matrices (autograd through them), and from an edited position on runs one position at a time,
+  so an edit at t is the state that t + 1 builds on (and earlier positions are untouched).
+- `ssd_scan_mamba_ssm`: mamba-ssm's fused Triton kernel `mamba_chunk_scan_combined`, which `impl="auto"`
+  picks on CUDA when mamba-ssm is installed and no per-position states are needed.
 
 Interpretability extras, as in `interp.models.scan`: `state_edit` [B, H, L, P, N] (NaN = keep) replaces
 entries of h_t *inside* the recurrence, `write` [B, H, L, P, N] replaces the write term dt * x B^T.
