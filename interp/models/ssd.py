@@ -203,10 +203,11 @@ class _ChunkedScan(torch.autograd.Function):
         M = (C B^T) * exp(cum_t - cum_s) [s <= t]      y_t = (M X)_t + exp(cum_t) C_t . start + D x_t
         write = sum_s exp(cum_end - cum_s) X_s B_s^T    start_{k+1} = exp(cum_end) start_k + write_k
 
-    Saved for backward: X (head-major), x, dt, B, C, the states entering each chunk [B, c, H, P, N] and
-    the entering states' contribution to y [B, L, H, P]. Explicit copies put matmul operands in their
-    layout (matmul's own copies of strided operands were 2x slower); elementwise steps run in place
-    where they can (fresh large tensors cost page faults).
+    Saved for backward: X (head-major and, scaled to the chunk end, group-major), x, dt, B, C, the [Q, Q]
+    decays, the states entering each chunk [B, c, H, P, N] and the entering states' contribution to y
+    [B, L, H, P] (recomputing them cost more time than their memory). Explicit copies put matmul
+    operands in their layout (matmul's own copies of strided operands were 2x slower); elementwise steps
+    run in place or write straight into the layout the next step needs.
     """
 
     @staticmethod
@@ -228,7 +229,8 @@ class _ChunkedScan(torch.autograd.Function):
         decay = _causal_decay(cum, inplace=True)  # [b, c, H, Q, Q], saved: rebuilding it cost more
         y_intra = (decay.view(b, c, g, j, q, q) * S).view(b, c, h, q, q) @ Xh  # [b, c, H, Q, P]
         # each chunk's write to the state at its end, for all the group's heads at once: [J*P, Q] @ [Q, N]
-        writes = _scaled_group_major(Xh, _exp(cum[..., -1:] - cum), g).transpose(-1, -2) @ Bg
+        Xw = _scaled_group_major(Xh, _exp(cum[..., -1:] - cum), g)  # [b, c, G, Q, J*P], saved
+        writes = Xw.transpose(-1, -2) @ Bg
         writes = writes.view(b, c, h, p, n)
         chunk_decay = _exp(cum[..., -1])[..., None, None]  # [b, c, H, 1, 1]
         starts = torch.empty_like(writes)  # the state entering each chunk
@@ -244,13 +246,13 @@ class _ChunkedScan(torch.autograd.Function):
         y = y_in + y_intra.transpose(2, 3).reshape(b, c * q, h, p)
         if D is not None:
             y.addcmul_(x, D[:, None])
-        ctx.save_for_backward(Xh, x, dt, A, B, C, D, starts, y_in, decay)
+        ctx.save_for_backward(Xh, x, dt, A, B, C, D, starts, y_in, decay, Xw)
         ctx.length, ctx.q = length, q
         return (y[:, :length] if pad else y), last
 
     @staticmethod
     def backward(ctx, dy, dlast):
-        Xh, x, dt, A, B, C, D, starts, y_in, decay = ctx.saved_tensors
+        Xh, x, dt, A, B, C, D, starts, y_in, decay, Xw = ctx.saved_tensors
         length, q = ctx.length, ctx.q
         b, c, h = Xh.shape[:3]
         p, g, n = Xh.shape[-1], B.shape[2], B.shape[3]
@@ -294,7 +296,6 @@ class _ChunkedScan(torch.autograd.Function):
         # writes = Xw^T B with Xw = X * exp(cum_end - cum_s)
         dW = dW.view(b, c, g, j * p, n)
         to_end = _exp(cum[..., -1:] - cum)[..., None]  # [b, c, H, Q, 1]
-        Xw = _scaled_group_major(Xh, to_end[..., 0], g)  # [b, c, G, Q, J*P]
         dB += Xw @ dW
         dXw = Bg @ dW.transpose(-1, -2)  # dL/dXw [b, c, G, Q, J*P]
         dw = (dXw * Xw).view(b, c, g, q, j, p).sum(-1).transpose(3, 4).reshape(b, c, h, q)  # dL/d(-cum_s)
