@@ -191,18 +191,20 @@ def test_chunked_scan_matches_reference_with_edits(kind):
         assert fast[1][0, 2, 5, 1, 3] == 3.0
 
 
-@pytest.mark.parametrize("length, chunk, last", [(7, 3, True), (6, 3, False), (5, 8, True), (4, 1, False)])
+@pytest.mark.parametrize(
+    "length, chunk, last", [(7, 3, True), (6, 3, False), (5, 8, True), (4, 1, False), (7, 3, "only")]
+)
 def test_chunked_scan_backward_passes_gradcheck(length, chunk, last):
     """The hand-written backward of the chunked form against finite differences (float64), with padding
-    (length not a multiple of the chunk), two groups, D, an initial state, and with/without h_L."""
+    (length not a multiple of the chunk), two groups, D, an initial state, and with/without h_L (or h_L
+    alone, y unused)."""
     inputs = scan_inputs(1, length, h=2, p=2, g=2, n=3, seed=5)
     names = list(inputs)
 
     def fn(*args):
-        out = ssd_scan_chunked(
-            **dict(zip(names, args, strict=True)), chunk_size=chunk, return_last_state=last
-        )
-        return out
+        kw = dict(zip(names, args, strict=True))
+        out = ssd_scan_chunked(**kw, chunk_size=chunk, return_last_state=bool(last))
+        return out[1] if last == "only" else out
 
     assert torch.autograd.gradcheck(fn, tuple(inputs.values()), atol=1e-7, rtol=1e-6)
 

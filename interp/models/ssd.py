@@ -212,6 +212,7 @@ class _ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, h0, q):
+        ctx.set_materialize_grads(False)  # an unused h_L's gradient stays None, not a tensor of zeros
         b, length, h, p = x.shape
         g, n = B.shape[2:]
         j = h // g
@@ -234,7 +235,10 @@ class _ChunkedScan(torch.autograd.Function):
         writes = writes.view(b, c, h, p, n)
         chunk_decay = _exp(cum[..., -1])[..., None, None]  # [b, c, H, 1, 1]
         starts = torch.empty_like(writes)  # the state entering each chunk
-        starts[:, 0] = h0
+        if h0 is None:  # no initial state: zeros
+            starts[:, 0] = 0
+        else:
+            starts[:, 0] = h0
         for k in range(c - 1):
             torch.addcmul(writes[:, k], starts[:, k], chunk_decay[:, k], out=starts[:, k + 1])
         last = torch.addcmul(writes[:, -1], starts[:, -1], chunk_decay[:, -1])
@@ -257,6 +261,8 @@ class _ChunkedScan(torch.autograd.Function):
         b, c, h = Xh.shape[:3]
         p, g, n = Xh.shape[-1], B.shape[2], B.shape[3]
         j = h // g
+        if dy is None:  # only h_L was used
+            dy = x.new_zeros(b, length, h, p)
         dy = dy.contiguous() if dy.shape[1] == c * q else F.pad(dy, (0, 0, 0, 0, 0, c * q - dy.shape[1]))
         dyh = dy.view(b, c, q, h, p).transpose(2, 3).contiguous()  # [b, c, H, Q, P]
         cum = (dt * A).view(b, c, q, h).transpose(2, 3).cumsum(-1)
@@ -288,7 +294,7 @@ class _ChunkedScan(torch.autograd.Function):
         dW[:, -1] = 0 if dlast is None else dlast
         for k in range(c - 1, 0, -1):
             torch.addcmul(dstarts[:, k], dW[:, k], chunk_decay[:, k], out=dW[:, k - 1])
-        dh0 = dstarts[:, 0].addcmul_(dW[:, 0], chunk_decay[:, 0])
+        dh0 = dstarts[:, 0].addcmul_(dW[:, 0], chunk_decay[:, 0]) if ctx.needs_input_grad[6] else None
         del dstarts
         flat = (b * c * h, 1, p * n)
         dot = (dW.view(flat) @ starts.view(flat).transpose(-1, -2)).view(b, c, h)  # <dW_k, start_k>
@@ -334,7 +340,7 @@ def _scaled_group_major(t: Tensor, scale: Tensor, g: int) -> Tensor:
 
 def _chunked_factored(xf, dtf, Af, Bf, Cf, Df, h0, q: int) -> tuple[Tensor, Tensor]:
     """The SSD chunked form: (y [B, L, H, P] with the D term, h_L [B, H, P, N]), no per-position states."""
-    return _ChunkedScan.apply(xf, dtf, Af, Bf, Cf, Df, h0, q)
+    return _ChunkedScan.apply(xf, dtf, Af, Bf, Cf, Df, h0, q)  # h0 None = zeros
 
 
 def _chunked_states(xf, dtf, Af, Bf, Cf, h0, q: int, write, mask, val) -> tuple[Tensor, Tensor]:
@@ -414,7 +420,8 @@ def ssd_scan_chunked(
         y, states = _chunked_states(xf, dtf, Af, Bf, Cf, h0, q, wf, mask, val)
         last = states[:, :, -1] if length else h0
     elif length:  # the fast path: D's term is added inside
-        y, last = _chunked_factored(xf, dtf, Af, Bf, Cf, D.to(f) if D is not None else None, h0, q)
+        h_in = initial_state.to(f) if initial_state is not None else None
+        y, last = _chunked_factored(xf, dtf, Af, Bf, Cf, D.to(f) if D is not None else None, h_in, q)
         return (y.to(x.dtype), last) if return_last_state else y.to(x.dtype)
     else:
         y, last, states = xf.new_zeros(b, 0, h, p), h0, None
