@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -33,14 +32,6 @@ from pathlib import Path
 IMPLS = ("interp", "hf")
 
 
-def rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status (this benchmark measures memory on Linux)")
-
-
 def worker(args: argparse.Namespace) -> dict:
     """Runs in a subprocess: build one implementation, time `steps` training steps at one length."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -48,6 +39,8 @@ def worker(args: argparse.Namespace) -> dict:
     import torch.nn.functional as F
     from transformers import Mamba2Config, Mamba2ForCausalLM
     from transformers.utils import logging as hf_logging
+
+    from benchmarks.common import measure_peak
 
     hf_logging.set_verbosity_error()
     if args.threads:
@@ -89,17 +82,19 @@ def worker(args: argparse.Namespace) -> dict:
         return float(loss)
 
     step(tokens[:, :16])  # fault in library code and thread pools before taking the RSS baseline
-    base = rss_mib()
     times, cpu_times, losses = [], [], []
-    deadline = time.perf_counter() + args.budget
-    for _ in range(args.steps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        losses.append(step(tokens))
-        times.append(time.perf_counter() - t0)
-        cpu_times.append(time.process_time() - c0)
-        if time.perf_counter() > deadline:
-            break
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+    def steps() -> None:
+        deadline = time.perf_counter() + args.budget
+        for _ in range(args.steps):
+            t0, c0 = time.perf_counter(), time.process_time()
+            losses.append(step(tokens))
+            times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
+            if time.perf_counter() > deadline:
+                break
+
+    peak = measure_peak(steps)
     timed = times[1:] if len(times) > 1 else times
     cpu_timed = cpu_times[1:] if len(cpu_times) > 1 else cpu_times
     return {
@@ -107,7 +102,7 @@ def worker(args: argparse.Namespace) -> dict:
         "cpu_tok_s": args.batch * args.length / min(cpu_timed),
         "median_s": statistics.median(timed),
         "steps": len(times),
-        "peak_mib": peak - base,
+        "peak_mib": peak,
         "loss": losses[0],
         "threads": torch.get_num_threads(),
     }
