@@ -3,7 +3,8 @@
 One training step = forward + next-token cross-entropy + backward, on the same weights (the Hugging
 Face model is built from a seed and HookedMamba2 loads its state dict) and the same tokens:
 
-    interp      HookedMamba2, chunked SSD scan (interp/models/ssd.py), chunk for the length (ssd.auto_chunk_size) unless --chunk-size
+    interp      HookedMamba2, chunked SSD scan (interp/models/ssd.py), chunk chosen for the length
+                (ssd.auto_chunk_size) unless --chunk-size
     hf          Mamba2ForCausalLM's pure-PyTorch path (`torch_forward`'s SSD chunked form, chunk_size
                 --hf-chunk-size, its default 256); mamba-ssm / causal-conv1d are not installed on CPU
 
@@ -15,7 +16,7 @@ second of the best timed step after a warm-up step, by the wall clock and by pro
 printed: they agree, which shows both run the same computation.
 
     python -m benchmarks.mamba2_scan                       # lengths 128 256 512 1024, batch 8
-    python -m benchmarks.mamba2_scan --threads 1 --rounds 3          # on a shared machine: best of 3, alternating
+    python -m benchmarks.mamba2_scan --threads 1 --rounds 3  # shared machine: best of 3, alternating
     python -m benchmarks.mamba2_scan --lengths 256 --threads 1 --quick
 """
 
