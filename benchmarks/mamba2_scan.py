@@ -239,7 +239,8 @@ def _better(old: dict | None, new: dict) -> dict:
 def _fmt_short(r: dict) -> str:
     if "error" in r:
         return r["error"]
-    return f"{r['tok_s']:,.0f} tok/s ({r['cpu_tok_s']:,.0f} by CPU time), {r['peak_mib']:,.0f} MiB ({r['steps']} steps)"
+    rates = f"{r['tok_s']:,.0f} tok/s ({r['cpu_tok_s']:,.0f} by CPU time)"
+    return f"{rates}, {r['peak_mib']:,.0f} MiB ({r['steps']} steps)"
 
 
 if __name__ == "__main__":
