@@ -24,8 +24,9 @@ Three implementations, one result:
   chunk boundary is carried over by a short loop over chunks. B and C are multiplied once per *group*,
   not once per head (Hugging Face's fallback repeats them for every head first). This form is one
   autograd node (`_ChunkedScan`) with a hand-written backward that keeps only the inputs, the chunk
-  boundary states, the entering states' share of y and the [Q, Q] decays; autograd through the same
-  steps kept several [B, H, L, Q] tensors a layer and spent most of its time building them. When
+  boundary states, the entering states' share of y, X scaled to the chunk end and the [Q, Q] decays;
+  autograd through the same steps kept several [B, H, L, Q] tensors a layer and spent most of its time
+  building them. When
   per-position states are asked for or edited (`return_states`, `state_edit`, `write`: the hooks
   `hook_ssm_state` / `hook_ssm_write`) it builds the [B, H, L, P, N] states chunk by chunk with the same
   decay matrices (autograd through them), and from an edited position on runs one position at a time,
@@ -190,9 +191,9 @@ def ssd_scan_ref(
 # Chunked path
 # ---------------------------------------------------------------------------------------------
 class _ChunkedScan(torch.autograd.Function):
-    """The SSD chunked form as one autograd node, with a hand-written backward that recomputes the
-    intra-chunk [Q, Q] matrices instead of saving them (autograd kept several [B, c, H, Q, Q] tensors
-    per layer), and no intermediate tensors of autograd's between the steps.
+    """The SSD chunked form as one autograd node with a hand-written backward: one [B, c, H, Q, Q] tensor
+    (the decays) is kept and the rest of the intra-chunk matrices recomputed (autograd through the same
+    steps kept several of them a layer), and no intermediate tensors of autograd's between the steps.
 
     forward(x [B, L, H, P], dt [B, L, H] (discretised), A [H], B, C [B, L, G, N], D [H] or None,
     h0 [B, H, P, N], q) -> (y = <C_t, h_t> + D x_t [B, L, H, P], h_L [B, H, P, N]). Positions are padded
