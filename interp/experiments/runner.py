@@ -33,8 +33,8 @@ from interp.utils import resolve_device
 TRAINED = "trained.json"
 ERROR = "error.txt"
 # version of each evaluation's rows; bump it when they change, so older cached rows are redone
-# (files without one are version 1; accuracy 2: `first_error`)
-EVAL_SCHEMA = {"accuracy": 2, "saturation": 1, "patching": 1, "lookup_heads": 1}
+# (files without one are version 1; accuracy 2: `first_error`; lookup_heads 2: `offset_1`)
+EVAL_SCHEMA = {"accuracy": 2, "saturation": 1, "patching": 1, "lookup_heads": 2}
 
 
 def _current(evaluation: dict | None, kind: str) -> bool:

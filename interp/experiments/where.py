@@ -13,7 +13,8 @@ lookup tasks:
   heads' and Mamba-1 channel-mean hidden attention): attention mass, at the queries that predict an
   answer token, on the key that holds the token being copied (`lookup`) and on the one after it
   (`lookup_next`, read through a previous-token or convolution feature). For suffix-key lookup the
-  source is the string letter right after the key's occurrence (`suffix_lookup_targets`).
+  source is the string letter right after the key's occurrence (`suffix_lookup_targets`). Also each
+  head's previous-token score (`offset_1`, over every real query), the first half of an n-gram match.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from interp.analysis.heads import (
     attention_patterns,
     head_activity,
     lookup_targets,
+    offset_score,
     scan_layers,
     ssm_patterns,
     target_score,
@@ -164,9 +166,11 @@ def lookup_rows(model, task: TaskConfig, length: int, n_examples: int, seed: int
         if scan_layers(model):
             reduce = "none" if "mamba2" in scan_layers(model).values() else "mean"
             patterns |= ssm_patterns(model, batch.tokens, reduce)
+    real = batch.tokens != batch.vocab.pad
     rows = []
     for layer in sorted(patterns):
         scores = {name: target_score(patterns[layer][None], t)[0] for name, t in targets.items()}
+        scores["offset_1"] = offset_score(patterns[layer][None], 1, real)[0]  # previous-token heads
         for head in range(patterns[layer].shape[1]):
             act = float(activity[layer][head]) if layer in activity else 1.0
             for name, values in scores.items():
