@@ -350,7 +350,6 @@ def test_a_killed_worker_fails_its_run_only(tmp_path):
 
 
 # ---- the hybrid experiment and its "where" evaluations ---------------------------------------------------
-@pytest.mark.slow
 def test_where_evaluations_find_the_planted_lookup_head_of_the_hash_copy_model():
     """The hand-built copy circuit: its lookup head (layer 1) is what the detector ranks first and what
     noising finds necessary, at the answer positions (not the string's)."""
