@@ -78,7 +78,7 @@ def cases(args) -> list[Case]:
         return [Case("hash-copy", 2, 4), Case("mamba-L2", 2, 4)]
     grid = [Case(f"transformer-L{n}", b, t) for n in args.layers for b in args.batches for t in args.lengths]
     mamba = [Case("mamba-L2", b, min(args.lengths)) for b in args.batches]
-    return [Case("hash-copy", 16, 12)] + grid + mamba
+    return [c for c in [Case("hash-copy", 16, 12)] + grid + mamba if c.family in args.families]
 
 
 def trained(name: str, steps: int):
@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         "--sample", type=int, default=64, help="patches timed for batched, loop and tl (scaled to the grid)"
     )
     p.add_argument("--train-steps", type=int, default=150, help="copy-task training steps per model")
+    p.add_argument(
+        "--families", nargs="+", default=["hash", "transformer", "mamba"], help="which models to run"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(
