@@ -533,26 +533,7 @@ class HookedMamba(HookedModel):
         attention_mask [B, P] (1 = token, 0 = left padding), as in Hugging Face: the state stays zero
         through the padding, so each sequence's real positions get the logits it gets alone.
         """
-        self.check_tokens(tokens)
-        self.check_logits_to_keep(logits_to_keep)
-        if return_cache:
-            self.check_left_padding(attention_mask)
-        mask = None
-        self.check_attention_mask(tokens, attention_mask)
-        if attention_mask is not None:
-            mask = attention_mask.to(self.embed.weight.dtype)
-        x = self.hook_embed(self.embed(tokens))  # [B, P, d_model]
-        layer_states: list | None = [] if return_cache else None
-        for block in self.blocks:
-            x = block(x, layer_states, mask)
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        logits = self.lm_head(self.ln_final(x).to(self.lm_head.weight.dtype)).float()
-        if not return_cache:
-            return logits
-        conv = torch.stack([c for c, _ in layer_states])
-        ssm = torch.stack([s.float() for _, s in layer_states])
-        return logits, MambaCache(conv=conv, ssm=ssm, n_tokens=tokens.shape[1])
+        return ssm_lm_forward(self, tokens, attention_mask, return_cache, logits_to_keep, MambaCache)
 
     # ---- recurrent mode -------------------------------------------------------------------------
     def init_cache(self, batch: int) -> MambaCache:
@@ -683,3 +664,28 @@ def __getattr__(name: str):
 
         return getattr(hf, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def ssm_lm_forward(model, tokens: Tensor, attention_mask, return_cache: bool, logits_to_keep: int, cache_cls):
+    """The forward HookedMamba and HookedMamba2 share: embed, blocks (each appends its (conv, ssm) state
+    when a cache is asked for), final norm, lm_head; `cache_cls` is the model's cache dataclass."""
+    model.check_tokens(tokens)
+    model.check_logits_to_keep(logits_to_keep)
+    if return_cache:
+        model.check_left_padding(attention_mask)
+    mask = None
+    model.check_attention_mask(tokens, attention_mask)
+    if attention_mask is not None:
+        mask = attention_mask.to(model.embed.weight.dtype)
+    x = model.hook_embed(model.embed(tokens))  # [B, P, d_model]
+    layer_states: list | None = [] if return_cache else None
+    for block in model.blocks:
+        x = block(x, layer_states, mask)
+    if logits_to_keep:
+        x = x[:, -logits_to_keep:]
+    logits = model.lm_head(model.ln_final(x).to(model.lm_head.weight.dtype)).float()
+    if not return_cache:
+        return logits
+    conv = torch.stack([c for c, _ in layer_states])
+    ssm = torch.stack([s.float() for _, s in layer_states])
+    return logits, cache_cls(conv=conv, ssm=ssm, n_tokens=tokens.shape[1])

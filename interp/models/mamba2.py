@@ -56,7 +56,14 @@ from torch import Tensor, nn
 
 from interp.config import Config
 from interp.models.base import Hook, HookedModel, StateSize
-from interp.models.mamba import POSITION_LOCAL, MambaResume, RMSNorm, record_resume, resume_ssm
+from interp.models.mamba import (
+    POSITION_LOCAL,
+    MambaResume,
+    RMSNorm,
+    record_resume,
+    resume_ssm,
+    ssm_lm_forward,
+)
 from interp.models.ssd import IMPLS, discretize_dt, layer_attention, ssd_scan
 
 
@@ -398,26 +405,7 @@ class HookedMamba2(HookedModel):
         logits_to_keep > 0: logits of the last `logits_to_keep` positions only (as Hugging Face's).
         attention_mask [B, P] (1 = token, 0 = left padding): the state stays zero through the padding.
         """
-        self.check_tokens(tokens)
-        self.check_logits_to_keep(logits_to_keep)
-        if return_cache:
-            self.check_left_padding(attention_mask)
-        mask = None
-        self.check_attention_mask(tokens, attention_mask)
-        if attention_mask is not None:
-            mask = attention_mask.to(self.embed.weight.dtype)
-        x = self.hook_embed(self.embed(tokens))  # [B, P, d_model]
-        layer_states: list | None = [] if return_cache else None
-        for block in self.blocks:
-            x = block(x, layer_states, mask)
-        if logits_to_keep:
-            x = x[:, -logits_to_keep:]
-        logits = self.lm_head(self.ln_final(x).to(self.lm_head.weight.dtype)).float()
-        if not return_cache:
-            return logits
-        conv = torch.stack([c for c, _ in layer_states])
-        ssm = torch.stack([s.float() for _, s in layer_states])
-        return logits, Mamba2Cache(conv=conv, ssm=ssm, n_tokens=tokens.shape[1])
+        return ssm_lm_forward(self, tokens, attention_mask, return_cache, logits_to_keep, Mamba2Cache)
 
     # ---- resuming a forward (`interp.analysis.patching.reuse`; shared with Mamba-1: `resume_ssm`) ----
     def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> MambaResume:
