@@ -25,7 +25,6 @@ both: per layer (conv window, SSM state) or (keys, values).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import ClassVar
 
 import torch
@@ -37,7 +36,12 @@ from interp.models.base import Hook, HookedModel
 from interp.models.mamba import MambaBlock, MambaConfig, RMSNorm, init_mamba_mixer
 from interp.models.mamba2 import Mamba2Block, Mamba2Config, init_mamba2_mixer
 from interp.models.ssd import layer_attention
-from interp.models.transformer import Attention, HookedTransformer, KVCache, TransformerConfig
+from interp.models.transformer import (
+    Attention,
+    KVCache,
+    TransformerConfig,
+    bias_and_rotary,
+)
 
 LAYER_KINDS = ("mamba", "mamba2", "attn", "mlp")
 SSM_KINDS = ("mamba", "mamba2")
@@ -265,16 +269,14 @@ class HookedHybrid(HookedModel):
         return block
 
     def _attention_inputs(self, b: int, p: int, key_mask: Tensor | None, kv: KVCache | None, device):
-        """(bias, rotary) for the attention layers: `HookedTransformer._bias_and_rotary` with the
-        attention layers' config (it reads nothing but `.cfg`), after extending the key mask by the cache."""
+        """(bias, rotary) for the attention layers: the transformer's `bias_and_rotary` with the attention
+        layers' config, after extending the key mask by the cache."""
         if self.attn_cfg is None:
             return None, None
         n_past = kv.n_tokens if kv is not None else 0
         if kv is not None:
             key_mask = kv.extend_mask(key_mask, b, p, device)
-        return HookedTransformer._bias_and_rotary(
-            SimpleNamespace(cfg=self.attn_cfg), n_past, n_past + p, key_mask, device
-        )
+        return bias_and_rotary(self.attn_cfg, n_past, n_past + p, key_mask, device)
 
     def forward(
         self,

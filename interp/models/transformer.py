@@ -330,6 +330,20 @@ class TransformerConfig(Config):
         ]
 
 
+def bias_and_rotary(cfg: TransformerConfig, n_past: int, n_pos: int, key_mask: Tensor | None, device):
+    """Attention bias and rotary tables for queries n_past..n_pos-1 over keys 0..n_pos-1 (shared with the
+    hybrid's attention layers)."""
+    bias = attention_bias(cfg, n_pos, device, key_mask, n_past)
+    rotary = None
+    if cfg.positional == "rope" and cfg.rotary_dim > 0:
+        if key_mask is None:
+            positions = torch.arange(n_past, n_pos, device=device)  # [P]
+        else:  # a token's position = real tokens before it (Hugging Face's position_ids for padding)
+            positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, n_past:]  # [B, P]
+        rotary = rotary_cos_sin(positions, cfg.rotary_dim, cfg.rotary_base)
+    return bias, rotary
+
+
 class HookedTransformer(HookedModel):
     """Decoder-only transformer: `forward(tokens [B, P]) -> logits [B, P, d_vocab]`.
 
@@ -401,16 +415,7 @@ class HookedTransformer(HookedModel):
         return self.unembed(self.ln_final(resid))
 
     def _bias_and_rotary(self, n_past: int, n_pos: int, key_mask: Tensor | None, device):
-        """Attention bias and rotary tables for queries n_past..n_pos-1 over keys 0..n_pos-1."""
-        bias = attention_bias(self.cfg, n_pos, device, key_mask, n_past)
-        rotary = None
-        if self.cfg.positional == "rope" and self.cfg.rotary_dim > 0:
-            if key_mask is None:
-                positions = torch.arange(n_past, n_pos, device=device)  # [P]
-            else:  # a token's position = real tokens before it (Hugging Face's position_ids for padding)
-                positions = (key_mask.long().cumsum(-1) - 1).clamp(min=0)[:, n_past:]  # [B, P]
-            rotary = rotary_cos_sin(positions, self.cfg.rotary_dim, self.cfg.rotary_base)
-        return bias, rotary
+        return bias_and_rotary(self.cfg, n_past, n_pos, key_mask, device)
 
     # Resuming a forward (the capability `interp.analysis.patching` asks for to reuse computation): a
     # patch at layer l, position p cannot change layers < l or positions < p, so the patched forward
