@@ -214,6 +214,88 @@ def test_chunked_scan_matches_reference_with_edits(kind):
         assert fast[1][0, 2, 5, 1] == 3.0
 
 
+def scan_extras(kind: str, batch: int, d: int, length: int, n: int, seed: int = 5) -> dict:
+    """state_edit / write / initial_state arguments (float64, requiring grad) named by `kind`."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    extra = {"initial_state": r(batch, d, n).requires_grad_()}
+    if kind in ("state_edit", "both"):
+        edit = torch.full((batch, d, length, n), float("nan"), dtype=torch.float64)
+        edit[0, 2, length // 2, 1] = 3.0
+        edit[-1, :, 0] = r(d, n)  # position 0 edited: h0 no longer reaches this sequence
+        extra["state_edit"] = edit.requires_grad_()
+    if kind in ("write", "both"):
+        extra["write"] = r(batch, d, length, n).requires_grad_()
+    return extra
+
+
+@pytest.mark.parametrize("length", [1, 7, 29])
+@pytest.mark.parametrize("kind", ["initial_state", "state_edit", "write", "both"])
+def test_chunked_scan_matches_reference_with_initial_state(length, kind):
+    """Outputs, states and every gradient, d/d initial_state included, with edits and writes present."""
+    batch, d, n = 2, 6, 4
+    inputs = scan_inputs(batch, length, d, n, seed=4)
+    extra = scan_extras(kind, batch, d, length, n)
+    ref = outputs_and_grads(selective_scan_ref, inputs, extra)
+    fast = outputs_and_grads(selective_scan_chunked, inputs, extra, chunk_size=4)
+    for r, f in zip(ref, fast, strict=True):
+        torch.testing.assert_close(f, r, atol=1e-10, rtol=1e-10)
+    g_h0 = extra["initial_state"].grad
+    assert g_h0.abs().sum() > 0  # the initial state reaches the outputs
+    if "state_edit" in extra:  # ... except where position 0's state is replaced
+        assert torch.all(g_h0[-1] == 0)
+    # an empty scan returns the initial state as its last state
+    empty = {k: v[..., :0] if k in ("u", "delta", "B", "C", "z") else v for k, v in inputs.items()}
+    h0 = extra["initial_state"]
+    for fn in (selective_scan_ref, selective_scan_chunked):
+        torch.testing.assert_close(fn(**empty, initial_state=h0, return_last_state=True)[1], h0)
+
+
+@pytest.mark.parametrize("fn", [selective_scan_ref, selective_scan_chunked])
+@pytest.mark.parametrize("kind", ["initial_state", "both"])
+def test_scan_split_at_t_equals_the_whole_scan(fn, kind):
+    """The identity patch reuse relies on: a scan over [0, P) equals a scan over [0, t) and one over
+    [t, P) started from the state at t - 1, outputs and states, with edits and writes in both parts."""
+    batch, d, length, n = 2, 6, 23, 4
+    inputs = {k: v.detach() for k, v in scan_inputs(batch, length, d, n, seed=6).items()}
+    extra = {k: v.detach() for k, v in scan_extras(kind, batch, d, length, n).items()}
+    whole, states = fn(**inputs, **extra, return_states=True)
+    per_pos = ("u", "delta", "B", "C", "z")
+    for t in (1, 9, length - 1):
+        part = lambda sl: {k: v[..., sl] if k in per_pos else v for k, v in inputs.items()}  # noqa: E731
+        edits = lambda sl: {k: v[:, :, sl] for k, v in extra.items() if k != "initial_state"}  # noqa: E731
+        head, head_states = fn(
+            **part(slice(0, t)),
+            **edits(slice(0, t)),
+            initial_state=extra["initial_state"],
+            return_states=True,
+        )
+        tail, tail_states = fn(
+            **part(slice(t, None)),
+            **edits(slice(t, None)),
+            initial_state=head_states[:, :, -1],
+            return_states=True,
+        )
+        torch.testing.assert_close(torch.cat([head, tail], -1), whole, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(torch.cat([head_states, tail_states], 2), states, atol=1e-12, rtol=1e-12)
+
+
+def test_closed_form_initial_state_equals_the_scan_from_it():
+    """`_Scan`'s closed form for h0 (kept for the CUDA kernel, which takes no initial state) against
+    the scan started from h0, on the mixer's inputs (no delta_bias: dt_proj holds it)."""
+    from interp.models.mamba import _Scan
+
+    batch, d, length, n = 2, 6, 19, 4
+    inputs = {k: v.detach() for k, v in scan_inputs(batch, length, d, n, seed=7).items() if k != "delta_bias"}
+    h0 = scan_extras("initial_state", batch, d, length, n)["initial_state"].detach()
+    scan_in = {**inputs, "impl": "chunked", "chunk_size": None}
+    y, last = selective_scan(**scan_in, initial_state=h0, return_last_state=True)
+    y0, last0 = _Scan(scan_in, h0)._carry_h0(selective_scan(**scan_in, return_last_state=True), True)
+    torch.testing.assert_close(y0, y, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(last0, last, atol=1e-12, rtol=1e-12)
+    assert not torch.allclose(y, selective_scan(**scan_in))  # h0 matters here
+
+
 def test_chunked_scan_gradcheck_and_last_state():
     inputs = scan_inputs(2, 9, d=3, n=2)
     fn = lambda u, delta, A, B, C: selective_scan_chunked(
@@ -237,6 +319,8 @@ def test_scan_dispatch():
         selective_scan(**inputs, impl="cuda")
     with pytest.raises(ValueError, match="B must have shape"):
         selective_scan(**{**inputs, "B": inputs["B"][:, :, :5]})
+    with pytest.raises(ValueError, match=r"initial_state must have shape \[2, 6, 4\]"):
+        selective_scan(**inputs, initial_state=torch.zeros(2, 4, 6))
 
 
 # ---------------------------------------------------------------------------------------------

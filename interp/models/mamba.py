@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from interp.config import Config
 from interp.models.base import Hook, HookedModel, StateSize
-from interp.models.scan import IMPLS, selective_scan
+from interp.models.scan import IMPLS, selective_scan, uses_cuda_kernel
 
 # module-tree prefix -> Hugging Face MambaForCausalLM prefix (state_dict keys)
 HF_PREFIXES = (
@@ -311,35 +311,25 @@ class MambaMixer(nn.Module):
 
 
 class _Scan:
-    """`selective_scan` of one mixer's inputs, optionally continuing from a state h0 [B, Di, N].
-
-    The scan has no initial-state argument. Without state edits the recurrence is linear in h0: the
-    scan from zero plus h0 decayed by exp(A * cumsum(dt)), read out through C and the gate. With edits
-    (a patched `hook_ssm_state`) one extra position runs in front whose state is pinned to h0 with
-    `state_edit` (the scan's own way of replacing a state inside the recurrence; its output and state
-    are dropped), so the edits see exactly the recurrence. Calls take selective_scan's keyword
+    """`selective_scan` of one mixer's inputs, optionally continuing from a state h0 [B, Di, N] (the
+    scan's `initial_state`, so state edits see exactly the recurrence). The mamba-ssm CUDA kernel takes
+    no initial state: where it would run, the scan starts from zero and h0's part is added in closed
+    form (the recurrence is linear in h0), which keeps the kernel. Calls take selective_scan's keyword
     arguments (return_states, return_last_state, state_edit [B, Di, P, N])."""
 
     def __init__(self, scan_in: dict, h0: Tensor | None):
         self.scan_in, self.h0 = scan_in, h0
 
-    def __call__(self, state_edit: Tensor | None = None, **kw):
-        if self.h0 is None:
-            return selective_scan(**self.scan_in, state_edit=state_edit, **kw)
-        if state_edit is None:
-            return self._carry_h0(selective_scan(**self.scan_in, **kw), **kw)
-        pinned = dict(self.scan_in)
-        for key in ("u", "delta", "B", "C", "z"):  # [B, *, P] -> [B, *, 1 + P]
-            pinned[key] = F.pad(self.scan_in[key], (1, 0))
-        if "write" in pinned:  # [B, Di, P, N] -> [B, Di, 1 + P, N]
-            pinned["write"] = F.pad(pinned["write"], (0, 0, 1, 0))
-        pin = self.h0[:, :, None]  # [B, Di, 1, N], in the scan's compute dtype (it recorded h0)
-        y, extra = selective_scan(**pinned, state_edit=torch.cat([pin, state_edit.to(pin.dtype)], 2), **kw)
-        return y[..., 1:], (extra[:, :, 1:] if kw.get("return_states") else extra)
+    def __call__(self, **kw):
+        si = self.scan_in
+        state_kw = {k: kw.get(k) for k in ("return_states", "state_edit")}
+        if self.h0 is not None and uses_cuda_kernel(si["u"], si["impl"], write=si.get("write"), **state_kw):
+            return self._carry_h0(selective_scan(**si, **kw), **kw)
+        return selective_scan(**si, initial_state=self.h0, **kw)
 
-    def _carry_h0(self, out, return_states: bool = False, return_last_state: bool = False):
-        """Add h0's part to a scan from zero: h_t += exp(A * sum_{s<=t} dt_s) h0, y_t += <C_t, that>
-        * silu(z_t) (the D u term and the write do not involve h0)."""
+    def _carry_h0(self, out, return_last_state: bool = False):
+        """Add h0's part to a plain scan from zero: h_t += exp(A * sum_{s<=t} dt_s) h0, y_t += <C_t,
+        that> * silu(z_t) (the D u term and the write do not involve h0)."""
         si, h0 = self.scan_in, self.h0
         y, extra = out if isinstance(out, tuple) else (out, None)
         f = h0.dtype
@@ -347,8 +337,6 @@ class _Scan:
         carried = torch.exp(si["A"].to(f)[None, :, None, :] * dt.cumsum(-1)[..., None]) * h0[:, :, None]
         read = torch.einsum("bdln,bnl->bdl", carried, si["C"].to(f)) * F.silu(si["z"].to(f))
         y = (y.to(f) + read).to(y.dtype)
-        if return_states:
-            return y, extra + carried
         if return_last_state:
             return y, extra + carried[:, :, -1]
         return y

@@ -4,7 +4,7 @@ For every batch b, channel d and state coordinate n (shapes: u, delta [B, D, L];
 B, C [B, N, L]; D [D]; z [B, D, L]):
 
     dt_t   = softplus(delta_t + delta_bias)                       (when delta_softplus)
-    h_t    = exp(dt_t * A) * h_{t-1} + dt_t * u_t * B_t            h_0 = 0, h: [B, D, N]
+    h_t    = exp(dt_t * A) * h_{t-1} + dt_t * u_t * B_t            h_{-1} = initial_state (0), [B, D, N]
     y_t    = <C_t, h_t> + D * u_t
     out_t  = y_t * silu(z_t)                                       (when z is given)
 
@@ -25,12 +25,17 @@ Three implementations, one result:
 - the `mamba-ssm` CUDA kernel, when installed (an optional extra, never needed to import interp).
 
 `impl="auto"` picks the CUDA kernel exactly when `mamba_ssm` imports, the tensors are on a CUDA device,
-and nothing asks for per-position states or edits them (`return_states`, `state_edit`, `write` are
-all unset); otherwise it runs the chunked path.
+and nothing asks for per-position states, edits them or sets the state before position 0
+(`return_states`, `state_edit`, `write`, `initial_state` are all unset); otherwise it runs the chunked
+path.
 
 Two interpretability extras (not in mamba-ssm): `state_edit` replaces chosen entries of h_t *inside*
 the recurrence, so every later state and output sees the edit (activation patching of the state), and
 `write` replaces the whole write term dt*u*B by a given tensor (patching `hook_ssm_write`).
+`initial_state` [B, D, N] is the state before position 0 (zero by default): a scan over [0, P) equals
+a scan over [0, t) followed by one over [t, P) started from the state at t - 1, which is how a
+patched forward resumes from a recorded state (`interp.analysis.patching.reuse`). The mamba-ssm
+kernel takes no initial state.
 """
 
 from __future__ import annotations
@@ -71,7 +76,9 @@ def auto_chunk_size(batch: int, d_inner: int, d_state: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # Argument checks and the shared pre/post-processing
 # ---------------------------------------------------------------------------------------------
-def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, z, state_edit, write) -> None:
+def _check_shapes(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, z, state_edit, write, initial_state=None
+) -> None:
     if u.ndim != 3:
         raise ValueError(f"u must be [batch, d_inner, length], got shape {tuple(u.shape)}")
     b, d, length = u.shape
@@ -86,6 +93,7 @@ def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D, 
         "z": (z, (b, d, length)),
         "state_edit": (state_edit, (b, d, length, n)),
         "write": (write, (b, d, length, n)),
+        "initial_state": (initial_state, (b, d, n)),
     }
     for name, (t, shape) in expected.items():
         if t is not None and tuple(t.shape) != shape:
@@ -133,18 +141,20 @@ def selective_scan_ref(
     return_states: bool = False,
     state_edit: Tensor | None = None,
     write: Tensor | None = None,
+    initial_state: Tensor | None = None,
 ):
     """The recurrence as a loop over positions, in float32 (float64 for float64 inputs).
 
     Same arguments and returns as `selective_scan`. `state_edit` [B, D, L, N] holds replacement
-    values for h_t, NaN where h_t keeps its computed value; `write` [B, D, L, N] replaces dt*u*B.
+    values for h_t, NaN where h_t keeps its computed value; `write` [B, D, L, N] replaces dt*u*B;
+    `initial_state` [B, D, N] is h_{-1}.
     """
-    _check_shapes(u, delta, A, B, C, D, z, state_edit, write)
+    _check_shapes(u, delta, A, B, C, D, z, state_edit, write, initial_state)
     f = _compute_dtype(u)
     dt = _discretize_dt(delta, delta_bias, delta_softplus, f)  # [B, D, L]
     uf, Af, Bf, Cf = u.to(f), A.to(f), B.to(f), C.to(f)
     b, d, length = u.shape
-    h = uf.new_zeros(b, d, A.shape[1])  # [B, D, N]
+    h = uf.new_zeros(b, d, A.shape[1]) if initial_state is None else initial_state.to(f)  # [B, D, N]
     ys, states = [], []
     for t in range(length):
         decay = torch.exp(dt[:, :, t, None] * Af)  # [B, D, N]
@@ -211,19 +221,22 @@ class _ChunkedScan(torch.autograd.Function):
     """The linear recurrence and its readout, on time-major inputs.
 
     forward(dt [L,B,D], u [L,B,D], A [D,N], Bm [L,B,N], Cm [L,B,N], mask [L,B,N,D] bool | None,
-            val [L,B,N,D] | None, write [L,B,N,D] | None, chunk, want_states)
+            val [L,B,N,D] | None, write [L,B,N,D] | None, h0 [B,N,D] | None, chunk, want_states)
         -> y [L,B,D] (= <C_t, h_t>), states [L,B,N,D] (empty unless want_states), last state [B,N,D]
+
+    h0 is the state before position 0 (None: zero); its gradient is the adjoint carried past
+    position 0.
 
     The state is laid out [N, D] (channel innermost) so that every broadcast in the chunk
     arithmetic runs along a contiguous row of d_inner numbers.
     """
 
     @staticmethod
-    def forward(ctx, dt, u, A, Bm, Cm, mask, val, write, chunk: int, want_states: bool):
+    def forward(ctx, dt, u, A, Bm, Cm, mask, val, write, h0, chunk: int, want_states: bool):
         length, b, d = u.shape
         n = A.shape[1]
         A2 = (A.T * _LOG2_E).contiguous()  # [N, D]
-        h = u.new_zeros(b, n, d)
+        h = u.new_zeros(b, n, d) if h0 is None else h0.clone()  # a copy: never return an input
         y = u.new_empty(length, b, d)
         states = u.new_empty(length, b, n, d) if want_states else u.new_empty(0)
         starts = []  # the state entering each chunk, [B, N, D] each
@@ -294,7 +307,8 @@ class _ChunkedScan(torch.autograd.Function):
             g_dt[s0:s1] += g_dtu * u[s0:s1]
             g_u[s0:s1] = g_dtu * dt[s0:s1]
             g_B[s0:s1] = torch.linalg.vecdot(gh, (dt[s0:s1] * u[s0:s1])[:, :, None, :])  # [S, B, N]
-        return g_dt, g_u, g_At.T, g_B, g_C, None, g_val, g_write, None, None
+        g_h0 = carry if need[8] else None  # d(loss)/d(h_{-1}) = decay_0 * gh_0 (+ glast when L = 0)
+        return g_dt, g_u, g_At.T, g_B, g_C, None, g_val, g_write, g_h0, None, None
 
 
 def selective_scan_chunked(
@@ -312,9 +326,10 @@ def selective_scan_chunked(
     state_edit: Tensor | None = None,
     write: Tensor | None = None,
     chunk_size: int | None = DEFAULT_CHUNK,
+    initial_state: Tensor | None = None,
 ):
     """The fast pure-PyTorch path (see the module docstring); same arguments as `selective_scan`."""
-    _check_shapes(u, delta, A, B, C, D, z, state_edit, write)
+    _check_shapes(u, delta, A, B, C, D, z, state_edit, write, initial_state)
     f = _compute_dtype(u)
     b, d, length = u.shape
     n = A.shape[1]
@@ -331,7 +346,8 @@ def selective_scan_chunked(
         mask = ~torch.isnan(edit)
         val = torch.where(mask, edit, torch.zeros((), dtype=edit.dtype, device=edit.device))
     wt = write.permute(2, 0, 3, 1) if write is not None else None  # [L, B, N, D] view
-    y, states, last = _ChunkedScan.apply(dt, ut, A.to(f), Bt, Ct, mask, val, wt, chunk, return_states)
+    h0 = initial_state.to(f).transpose(1, 2) if initial_state is not None else None  # [B, N, D] view
+    y, states, last = _ChunkedScan.apply(dt, ut, A.to(f), Bt, Ct, mask, val, wt, h0, chunk, return_states)
     out = _finish(y.permute(1, 2, 0), u, D, z)
     if return_states:
         return out, states.permute(1, 3, 0, 2)  # [B, D, L, N] view of the time-major buffer
@@ -343,6 +359,15 @@ def selective_scan_chunked(
 # ---------------------------------------------------------------------------------------------
 # Dispatch
 # ---------------------------------------------------------------------------------------------
+def uses_cuda_kernel(
+    u: Tensor, impl: str = "auto", return_states=False, state_edit=None, write=None, initial_state=None
+) -> bool:
+    """Whether `selective_scan` with these arguments runs the mamba-ssm kernel (which can return only
+    the last state, and takes no edits and no initial state)."""
+    plain = not return_states and state_edit is None and write is None and initial_state is None
+    return impl in ("auto", "cuda") and u.is_cuda and plain and cuda_selective_scan_fn() is not None
+
+
 def selective_scan(
     u: Tensor,
     delta: Tensor,
@@ -359,6 +384,7 @@ def selective_scan(
     state_edit: Tensor | None = None,
     write: Tensor | None = None,
     chunk_size: int | None = DEFAULT_CHUNK,
+    initial_state: Tensor | None = None,
 ):
     """Mamba-1 selective scan (layout of mamba-ssm's `selective_scan_fn`).
 
@@ -368,27 +394,34 @@ def selective_scan(
     return_states: also return every state h_t as [B, D, L, N] (instead of the last one).
     state_edit: [B, D, L, N], NaN except where h_t is to be replaced; later positions see the edit.
     write: [B, D, L, N] used instead of the write term dt*u*B.
+    initial_state: [B, D, N], the state before position 0 (default zero); differentiable.
     impl: "auto" | "reference" | "chunked" | "cuda" (see the module docstring for what auto picks).
     Returns out [B, D, L] in u's dtype, or (out, last_state) / (out, states).
     """
     if impl not in IMPLS:
         raise ValueError(f"unknown selective-scan impl {impl!r}; allowed: {', '.join(IMPLS)}")
-    plain = not return_states and state_edit is None and write is None
-    kernel = cuda_selective_scan_fn() if impl in ("auto", "cuda") else None
-    if impl == "cuda" and (kernel is None or not u.is_cuda or not plain):
+    kernel = uses_cuda_kernel(u, impl, return_states, state_edit, write, initial_state)
+    if impl == "cuda" and not kernel:
         why = (
             "mamba-ssm is not installed (pip install 'interp[cuda]')"
-            if kernel is None
+            if cuda_selective_scan_fn() is None
             else "the tensors are not on a CUDA device"
             if not u.is_cuda
-            else "the CUDA kernel cannot return per-position states or apply state/write edits"
+            else "the CUDA kernel cannot return per-position states, apply state/write edits or start "
+            "from an initial state"
         )
         raise ValueError(f"impl='cuda' is not possible here: {why}; use impl='auto' or 'chunked'")
-    if kernel is not None and u.is_cuda and plain:
-        return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+    if kernel:
+        return cuda_selective_scan_fn()(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state
+        )
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     extras = dict(
-        return_last_state=return_last_state, return_states=return_states, state_edit=state_edit, write=write
+        return_last_state=return_last_state,
+        return_states=return_states,
+        state_edit=state_edit,
+        write=write,
+        initial_state=initial_state,
     )
     if impl == "reference":
         return selective_scan_ref(*args, **extras)
