@@ -5,7 +5,7 @@ import pytest
 
 @pytest.mark.slow
 def test_greedy_eval_benchmark_quick(run_python):
-    proc = run_python("-m", "benchmarks.greedy_eval", "--quick", "--threads", "1", timeout=180)
+    proc = run_python("-m", "benchmarks.greedy_eval", "--quick", "--threads", "1", "--no-memory", timeout=180)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "\n|--" in out, out  # the results table
