@@ -264,7 +264,12 @@ def main(argv: list[str] | None = None) -> int:
         verdict = "target met" if min(ratios) >= TARGET_RATIO else "TARGET MISSED on this machine"
         print(
             f"\nratio loop / {m}: {min(ratios):.1f}x-{max(ratios):.1f}x (target >= {TARGET_RATIO:.0f}x): "
-            f"{verdict}; TransformerLens / {m}: {min(tl):.1f}x-{max(tl):.1f}x"
+            f"{verdict}"
+            + (
+                f"; TransformerLens / {m}: {min(tl):.1f}x-{max(tl):.1f}x"
+                if tl
+                else " (no TransformerLens case)"
+            )
         )
         print("  per case: " + ", ".join(f"{label(r['case'])}: {x:.1f}x" for r, x in zip(results, ratios)))
     attr = [r["sec"]["loop"] / r["sec"]["attribution"] for r in results]
