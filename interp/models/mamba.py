@@ -655,8 +655,9 @@ def __getattr__(name: str):
 
 
 def ssm_lm_forward(model, tokens: Tensor, attention_mask, return_cache: bool, logits_to_keep: int, cache_cls):
-    """The forward HookedMamba and HookedMamba2 share: embed, blocks (each appends its (conv, ssm) state
-    when a cache is asked for), final norm, lm_head; `cache_cls` is the model's cache dataclass."""
+    """The forward HookedMamba and HookedMamba2 share: tokens [B, P] (attention_mask [B, P], 1 = token,
+    0 = left padding) -> logits [B, P or logits_to_keep, d_vocab], and with return_cache the model's
+    `cache_cls` (conv [n_layers, B, conv channels, d_conv - 1], ssm states stacked per layer)."""
     model.check_tokens(tokens)
     model.check_logits_to_keep(logits_to_keep)
     if return_cache:
