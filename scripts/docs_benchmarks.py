@@ -2,6 +2,8 @@
 
     python scripts/docs_benchmarks.py task_generation hook_overhead probes      # the cheap ones
     python scripts/docs_benchmarks.py task_generation -- --threads 1 --repeats 3  # extra arguments
+    python scripts/docs_benchmarks.py pretrained_cost --record pretrained_cost_large -- --models pythia-1b
+        # a second record of one benchmark (another configuration), docs/benchmarks/pretrained_cost_large.json
 
 Each benchmark (`python -m benchmarks.NAME ARGS`) runs in its own process; its stdout (Markdown: a header
 with the torch version, threads and CPU load, then tables) is stored verbatim in
@@ -47,7 +49,7 @@ def machine() -> str:
     return f"{platform.platform()}, {os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}"
 
 
-def run(name: str, args: list[str]) -> Path:
+def run(name: str, args: list[str], record_name: str | None = None) -> Path:
     command = [sys.executable, "-m", f"benchmarks.{name}", *args]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     t0 = time.perf_counter()
@@ -64,7 +66,7 @@ def run(name: str, args: list[str]) -> Path:
         "output": proc.stdout,
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    path = OUT / f"{name}.json"
+    path = OUT / f"{record_name or name}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     tmp.replace(path)
@@ -76,12 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     names, extra = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="+", help="benchmark modules under benchmarks/")
-    names = p.parse_args(names).names
+    p.add_argument(
+        "--record",
+        help="name of the JSON record (default: the benchmark's name); for a second configuration of one benchmark",
+    )
+    parsed = p.parse_args(names)
+    names = parsed.names
+    if parsed.record and len(names) != 1:
+        p.error(f"--record names one record, but {len(names)} benchmarks were given: {', '.join(names)}")
     for name in names:
         if not (ROOT / "benchmarks" / f"{name}.py").exists():
             p.error(f"no benchmark {name!r}; allowed: {', '.join(sorted(known()))}")
     for name in names:
-        print(f"wrote {run(name, extra or DEFAULT_ARGS)}", flush=True)
+        print(f"wrote {run(name, extra or DEFAULT_ARGS, parsed.record)}", flush=True)
     return 0
 
 
