@@ -252,3 +252,94 @@ def test_reuse_with_a_hook_watching_the_next_blocks_queries(models):
     assert {n - p for p in range(n)} <= set(seen)  # every resumed pass computed all its positions
     plain = activation_patching(*args, mode="noise", method="reuse")  # unwatched: the recorded ones
     assert_same(plain, loop, torch.float32)
+
+
+@pytest.mark.parametrize("positional", ["rope", "alibi", "hard_alibi"])
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("pos", [0, 4, 9])
+def test_one_key_changed_equals_full_attention(positional, padded, pos):
+    """The O(T) update of the later queries' outputs when only key/value pos changed equals attention
+    recomputed in full, for every bias kind, padding, K copies, and saturated rows (a > 1/2, recomputed)."""
+    from interp.models.transformer import (  # noqa: PLC0415
+        Recorded,
+        TransformerConfig,
+        attention_bias,
+        log_normaliser,
+        one_key_changed,
+    )
+    from interp.models.transformer import attention_scores as scores  # noqa: PLC0415
+
+    torch.manual_seed(pos)
+    cfg = TransformerConfig(d_model=32, n_heads=4, n_layers=1, positional=positional, n_ctx=64)
+    b, h, n, dh, k_copies = 3, 4, 10, 8, 2
+    key_mask = None
+    if padded:
+        key_mask = torch.ones(b, n, dtype=torch.bool)
+        key_mask[1, :3] = False  # example 1 left-padded by 3 (pos 0 is then a padding key there)
+    q, k, v = (torch.randn(b, h, n, dh, dtype=torch.float64) * 3 for _ in range(3))
+    k[:, 0, :, :] *= 8  # head 0 saturated: most of its rows put almost all weight on one key
+    full_bias = attention_bias(cfg, n, None, key_mask, 0)
+    lse = log_normaliser(q, k, full_bias)
+    pattern = torch.softmax(scores(q, k, full_bias), -1)
+    z = pattern @ v
+    assert (pattern[..., pos + 1 :, pos] > 0.5).any() or pos == 9  # some later row needs the exact path
+    # the changed key and value at pos in each of K copies; every other key and value as recorded
+    k_new, v_new = k.repeat(k_copies, 1, 1, 1), v.repeat(k_copies, 1, 1, 1)
+    k_new[:, :, pos] = torch.randn(k_copies * b, h, dh, dtype=torch.float64) * 3
+    v_new[:, :, pos] = torch.randn(k_copies * b, h, dh, dtype=torch.float64)
+    q_new = q.repeat(k_copies, 1, 1, 1)
+    q_new[:, :, pos] = torch.randn(k_copies * b, h, dh, dtype=torch.float64)
+    mask = None if key_mask is None else key_mask.repeat(k_copies, 1)
+    bias = attention_bias(cfg, n, None, mask, pos)  # queries pos.. over every key, as forward_from's
+    rest = slice(pos + 1, n)
+    known = Recorded(q[:, :, rest], k[:, :, rest], v[:, :, rest], z[:, :, rest], lse[:, :, rest])
+    known.k_pos, known.v_pos = k[:, :, pos : pos + 1], v[:, :, pos : pos + 1]
+    got = one_key_changed(q_new[:, :, pos : pos + 1], k_new, v_new, known, bias)
+    want = torch.softmax(scores(q_new[:, :, pos:], k_new, bias), -1) @ v_new
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+
+
+def test_forward_from_readout_computes_the_read_positions(models):
+    """readout=rows: the logits at the read positions equal the full resumed pass's; the others are the
+    recorded ones; a pass with nothing read past its start does not run."""
+    model = models["random-d32"].double()
+    tokens = paired_batches(TASK, 2, 6)[0].tokens
+    n = tokens.shape[1]
+    state = model.resume_state(tokens)
+    read = torch.tensor([2, 5, n - 1])
+    edit = lambda act, hook: act * 1.5  # noqa: E731  changes every position it sees
+    for layer, pos in ((0, 0), (1, 4), (0, n - 1)):
+        with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_attn_out", edit)]):
+            full = model.forward_from(state, layer, pos, copies=2)
+            part = model.forward_from(state, layer, pos, copies=2, readout=read)
+        rows = read[read >= pos] - pos
+        torch.testing.assert_close(part[:, rows], full[:, rows], atol=1e-12, rtol=0)
+        others = torch.ones(n - pos, dtype=torch.bool)
+        others[rows] = False
+        assert torch.equal(part[:, others], state.logits[:, pos:][:, others].repeat(2, 1, 1))
+        assert not torch.equal(full[:, rows], state.logits[:, pos:][:, rows].repeat(2, 1, 1))
+    skipped = model.forward_from(state, 0, 6, readout=torch.tensor([2, 5]))
+    assert torch.equal(skipped, state.logits[:, 6:])
+
+
+def test_reuse_uses_the_one_key_update(models, monkeypatch):
+    """The head x position grid of a 3-layer model goes through `one_key_changed` (so the equality tests
+    above test it), and a recording it reads, corrupted, changes the result."""
+    import interp.models.transformer as tr  # noqa: PLC0415
+
+    model = models["random-d32"].float()
+    clean, corrupt = paired_batches(TASK, 2, 6)
+    metric = make_metric("logit_diff", clean, corrupt)
+    n = clean.tokens.shape[1]
+    specs = patch_specs(model, "z", layers=[0, 1], heads=[0], positions=True, n_pos=n)
+    args = (model, clean.tokens, corrupt.tokens, metric, specs)
+    calls = []
+    original = tr.one_key_changed
+    monkeypatch.setattr(tr, "one_key_changed", lambda *a: calls.append(1) or original(*a))
+    reuse = activation_patching(*args, mode="noise", method="reuse")
+    assert len(calls) >= n  # one per pass starting after a position-local patch
+    assert_same(reuse, activation_patching(*args, mode="noise", method="loop"), torch.float32)
+    resume = model.resume_state
+    monkeypatch.setattr(model, "resume_state", lambda *a: (s := resume(*a)).z.__setitem__(1, s.z[1] * 0) or s)
+    broken = activation_patching(*args, mode="noise", method="reuse")
+    assert not torch.allclose(torch.tensor(broken.metric.values), torch.tensor(reuse.metric.values))

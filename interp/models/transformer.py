@@ -168,19 +168,20 @@ class Attention(nn.Module):
         bias: Tensor | None,
         rotary: tuple[Tensor, Tensor] | None,
         past: list[Tensor] | KVSlots | None = None,
-        known: tuple[Tensor, Tensor, Tensor] | None = None,
+        known: Recorded | None = None,
+        rows: Tensor | None = None,
     ) -> Tensor:
         """x [B, P, d_model] -> [B, P, d_model]. `past` ([] or [keys, values], each [B, H, T, Dh]) is this
         layer's KV cache: earlier keys and values are prepended and the list is updated in place. A
         `KVSlots` (resumed passes) holds them in a buffer that the new ones are written into.
 
-        known (with `KVSlots`): the recorded queries, keys and values [B, H, T, Dh] (after rotary) of x's
-        last T positions, the same in each copy of the batch; only the first P - T positions are projected
-        (and their q/k/v hooks see only those)."""
+        known (with `KVSlots`): the recorded queries, keys and values of x's last T positions (`Recorded`);
+        only the first P - T positions are projected (and their q/k/v hooks see only those).
+        rows: the query positions (indices into P) whose output is wanted -> [B, len(rows), d_model]."""
         b, p, _ = x.shape
         cfg = self.cfg
         if known is not None:
-            m = p - known[0].shape[2]  # positions to compute
+            m = p - known.q.shape[2]  # positions to compute
             x = x[:, :m]
             rotary = None if rotary is None else tuple(t[..., :m, :] for t in rotary)
         qkv = self.qkv(x).view(b, x.shape[1], cfg.n_heads, 3 * cfg.d_head)
@@ -190,32 +191,105 @@ class Attention(nn.Module):
             q = self.hook_rot_q(apply_rotary(q, *rotary))
             k = self.hook_rot_k(apply_rotary(k, *rotary))
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, P, Dh]
-        if known is not None:
-            q = append_known(q, known[0])
         if isinstance(past, KVSlots):  # a resumed pass (`HookedTransformer.forward_from`)
-            k, v = past.write(k, v, None if known is None else known[1:])
+            k, v = past.write(k, v, None if known is None else (known.k, known.v))
         elif past is not None:
             if past:
                 k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
             past[:] = [k, v]
         eager = cfg.attn_impl == "eager" or self.hook_attn_scores.active or self.hook_pattern.active
-        if eager:  # reference path: materialise scores and pattern so hooks can read or edit them
-            scores = (q @ k.transpose(-1, -2)) / math.sqrt(cfg.d_head)  # [B, H, P, T]
-            if bias is None:
-                causal = torch.ones(p, p, dtype=torch.bool, device=x.device).tril()
-                scores = scores.masked_fill(~causal, float("-inf"))
-            elif bias.dtype == torch.bool:
-                scores = scores.masked_fill(~bias, float("-inf"))
-            else:
-                scores = scores + bias.to(scores.dtype)
-            scores = self.hook_attn_scores(scores)
-            pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(v.dtype))
-            z = pattern @ v
-        else:  # fast path: fused kernel, same math
-            mask = bias if bias is None or bias.dtype == torch.bool else bias.to(q.dtype)
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=bias is None)
+        if known is not None and known.z is not None and m == 1 and not eager:
+            z = one_key_changed(q, k, v, known, bias)  # [B, H, P, Dh]
+            z = z if rows is None else z[:, :, rows]
+        else:
+            if known is not None:
+                q = append_known(q, known.q)
+            if rows is not None:
+                q, bias = q[:, :, rows], query_rows(bias, rows, p, k.shape[2], x.device)
+            z = self._attend(q, k, v, bias, eager)
         z = self.hook_z(z.transpose(1, 2))  # [B, P, H, Dh]
-        return self.out(z.reshape(b, p, -1))
+        return self.out(z.reshape(b, z.shape[1], cfg.n_heads * cfg.d_head))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, eager: bool) -> Tensor:
+        """Queries [B, H, Pq, Dh] over keys/values [B, H, Pk, Dh] -> z [B, H, Pq, Dh]; bias None: causal."""
+        if eager:  # reference path: materialise scores and pattern so hooks can read or edit them
+            scores = self.hook_attn_scores(attention_scores(q, k, bias))
+            pattern = self.hook_pattern(torch.softmax(scores.float(), dim=-1).to(v.dtype))
+            return pattern @ v
+        # fast path: fused kernel, same math
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=sdpa_mask(bias, q), is_causal=bias is None)
+
+
+def attention_scores(q: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
+    """Scores [B, H, Pq, Pk] of queries [B, H, Pq, Dh] over keys [B, H, Pk, Dh], masked entries -inf;
+    bias: `attention_bias`'s (None: causal, the queries being the last Pq positions)."""
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if bias is None:
+        pq, pk = scores.shape[-2:]
+        causal = torch.ones(pq, pk, dtype=torch.bool, device=q.device).tril(pk - pq)
+        return scores.masked_fill(~causal, float("-inf"))
+    if bias.dtype == torch.bool:
+        return scores.masked_fill(~bias, float("-inf"))
+    return scores + bias.to(scores.dtype)
+
+
+def query_rows(bias: Tensor | None, rows: Tensor, pq: int, pk: int, device) -> Tensor:
+    """`attention_bias`'s bias for the queries `rows` (indices into its Pq queries, the last Pq of Pk
+    positions) only; None (causal) becomes the equivalent boolean mask."""
+    if bias is None:
+        bias = torch.ones(pq, pk, dtype=torch.bool, device=device).tril(pk - pq)
+    return bias[..., rows, :]
+
+
+def sdpa_mask(bias: Tensor | None, like: Tensor) -> Tensor | None:
+    """`attention_bias`'s bias as `scaled_dot_product_attention`'s attn_mask (boolean, or like's dtype)."""
+    return bias if bias is None or bias.dtype == torch.bool else bias.to(like.dtype)
+
+
+def one_key_changed(q: Tensor, k: Tensor, v: Tensor, known: Recorded, bias: Tensor | None) -> Tensor:
+    """Attention output z [K*B, H, 1 + T, Dh] of a block whose input changed at one position, pos, only.
+
+    q [K*B, H, 1, Dh]: the new query at pos; k, v [K*B, H, pos + 1 + T, Dh]: every key and value, new at
+    pos; known: the recorded queries, output z and log-normaliser of the T later positions, and the
+    recorded key/value at pos. A later query is the recorded one and only its score on key pos changed, so
+    its new output mixes the recorded output without key pos (weight 1 - a, a = its recorded attention on
+    pos) with the new value at pos, with O(T) work per head instead of a [T, pos + T] attention:
+        z_rest = (z - a v_pos) / (1 - a),   z' = z_rest + sigmoid(s' - log(Z (1 - a))) (v'_pos - z_rest)
+    where Z = exp(lse). Queries with a > 1/2 in some example and head, where 1 - a would lose precision,
+    are recomputed in full. Tested equal to full attention (tests/test_patching_reuse.py)."""
+    kb, h, t, dh = q.shape[0], q.shape[1], known.q.shape[2], q.shape[3]
+    b = known.q.shape[0]
+    pos = k.shape[2] - 1 - t
+    out = q.new_empty((kb, h, 1 + t, dh))
+    row0 = None if bias is None else sdpa_mask(bias[..., :1, : pos + 1], q)  # the new query at pos
+    out[:, :, :1] = F.scaled_dot_product_attention(q, k[:, :, : pos + 1], v[:, :, : pos + 1], attn_mask=row0)
+    if not t:
+        return out
+    # in at least float32, so that 1 - a and the sigmoid keep their precision in a half-precision model
+    calc = torch.promote_types(q.dtype, torch.float32)
+    # key pos's bias for the later queries, additive, [1 or K*B, 1 or H, T]: broadcasts per copy below
+    col = torch.zeros(1, 1, t, device=q.device, dtype=calc) if bias is None else bias[..., 1:, pos]
+    if col.dtype == torch.bool:
+        col = torch.zeros(col.shape, device=q.device, dtype=calc).masked_fill(~col, float("-inf"))
+    col = col.to(calc).reshape((1,) * (3 - col.dim()) + tuple(col.shape))
+    per_copy = col.unflatten(0, (-1, b)) if col.shape[0] == kb else col[None]  # [K or 1, B or 1, ., T]
+    kq, zb, vb = known.q.to(calc), known.z.to(calc), known.v_pos.to(calc)
+    scale = 1 / math.sqrt(dh)
+    s_base = (kq @ known.k_pos.to(calc).transpose(-1, -2))[..., 0] * scale + per_copy[0]  # [B, H, T]
+    a = torch.exp(s_base - known.lse)  # each later query's recorded attention on pos
+    heavy = (a > 0.5).flatten(0, 1).any(0).nonzero()[:, 0]  # rows recomputed in full
+    a = a.masked_fill(a > 0.5, 0.0)
+    z_rest = (zb - a[..., None] * vb) / (1 - a)[..., None]  # [B, H, T, Dh]
+    log_rest = known.lse + torch.log1p(-a)
+    k_new, v_new = (t_[:, :, pos].unflatten(0, (-1, b)).to(calc) for t_ in (k, v))  # [K, B, H, Dh]
+    s_new = torch.einsum("bhtd,kbhd->kbht", kq, k_new) * scale + per_copy  # [K, B, H, T]
+    w = torch.sigmoid(s_new - log_rest)  # 0 where key pos is masked
+    out[:, :, 1:] = (z_rest + w[..., None] * (v_new[:, :, :, None] - z_rest)).flatten(0, 1).to(out.dtype)
+    if heavy.numel():
+        qh = known.q[:, :, heavy].repeat(kb // b, 1, 1, 1)
+        mask = query_rows(bias, heavy + 1, 1 + t, k.shape[2], q.device)
+        out[:, :, 1 + heavy] = F.scaled_dot_product_attention(qh, k, v, attn_mask=sdpa_mask(mask, qh))
+    return out
 
 
 class MLP(nn.Module):
@@ -246,10 +320,12 @@ class Block(nn.Module):
         self.hook_mlp_out = Hook("batch pos d_model")  # [batch, pos, d_model]
         self.hook_resid_post = Hook("batch pos d_model")  # [batch, pos, d_model]
 
-    def forward(self, resid: Tensor, bias: Tensor | None, rotary, past=None, known=None) -> Tensor:
-        """past, known: see `Attention.forward`."""
+    def forward(self, resid: Tensor, bias: Tensor | None, rotary, past=None, known=None, rows=None) -> Tensor:
+        """past, known, rows: see `Attention.forward` (with rows, the block returns those positions only)."""
         resid = self.hook_resid_pre(resid)
-        attn_out = self.hook_attn_out(self.attn(self.ln1(resid), bias, rotary, past, known))
+        attn_out = self.hook_attn_out(self.attn(self.ln1(resid), bias, rotary, past, known, rows))
+        if rows is not None:
+            resid = resid[:, rows]
         if self.parallel:  # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
             mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid)))
             return self.hook_resid_post(resid + attn_out + mlp_out)
@@ -425,6 +501,7 @@ class HookedTransformer(HookedModel):
         cache = self.init_kv_cache()
         resids: list[Tensor] = []
         queries: list[Tensor] = []  # after rotary, as the keys in the cache
+        zs: list[Tensor] = []
         q_hook = (
             "attn.hook_rot_q" if self.cfg.positional == "rope" and self.cfg.rotary_dim > 0 else "attn.hook_q"
         )
@@ -433,10 +510,15 @@ class HookedTransformer(HookedModel):
             hooks += [
                 (f"blocks.{i}.hook_resid_pre", lambda act, hook: resids.append(act)),
                 (f"blocks.{i}.{q_hook}", lambda act, hook: queries.append(act.transpose(1, 2))),
+                (f"blocks.{i}.attn.hook_z", lambda act, hook: zs.append(act.transpose(1, 2))),
             ]
         with torch.no_grad():
             logits = self.run_with_hooks(tokens, attention_mask, past_kv_cache=cache, fwd_hooks=hooks)
-        return ResumeState(logits, resids, [layer for layer in cache.layers], cache.key_mask, queries)
+            bias, _ = self._bias_and_rotary(0, tokens.shape[1], cache.key_mask, tokens.device)
+            lse = [log_normaliser(q, kv[0], bias) for q, kv in zip(queries, cache.layers)]
+        return ResumeState(
+            logits, resids, [layer for layer in cache.layers], cache.key_mask, queries, zs, lse
+        )
 
     # Hooks after attention has mixed positions (or on the query side): within their block, a patch at
     # position p changes position p only (keys/values, hence every later query, are computed before them).
@@ -452,7 +534,13 @@ class HookedTransformer(HookedModel):
         return hook.split(".", 2)[-1] in self.POSITION_LOCAL if hook.startswith("blocks.") else False
 
     def forward_from(
-        self, state: ResumeState, layer: int, pos: int, copies: int = 1, single: bool = False
+        self,
+        state: ResumeState,
+        layer: int,
+        pos: int,
+        copies: int = 1,
+        single: bool = False,
+        readout: Tensor | None = None,
     ) -> Tensor:
         """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`,
         position `pos`: blocks < layer do not run, positions < pos come from the recorded keys and
@@ -461,7 +549,10 @@ class HookedTransformer(HookedModel):
 
         single: block `layer` runs on position `pos` alone (its hooks fire with 1 position) and the
         later positions of its output are the recorded ones; right for a patch of a `position_local`
-        hook, which changes nothing else in that block."""
+        hook, which changes nothing else in that block.
+        readout: the positions (ascending, of 0..P-1) whose logits are read. When no hook of a block after
+        `layer` is active, the last block computes only those (past its keys and values), the logits
+        elsewhere are the recorded ones, and nothing runs when none of them is >= pos."""
         b, n, _ = state.resid[0].shape
         if not (0 <= layer < len(self.blocks) and 0 <= pos < n):
             raise ValueError(
@@ -473,27 +564,46 @@ class HookedTransformer(HookedModel):
         past = lambda i, p: state.slots(i, copies).begin(p)  # noqa: E731
         first, known = layer, None
         resid = state.resid[layer][:, pos : pos + 1 if single else n].repeat(copies, 1, 1)
+        last = len(self.blocks) - 1
         if single:
             mask = None if key_mask is None else key_mask[:, : pos + 1]
             bias, rotary = self._bias_and_rotary(pos, pos + 1, mask, device)
             resid = self.blocks[layer](resid, bias, rotary, past(layer, pos))  # [K*B, 1, d_model]
             rest = slice(pos + 1, n)
-            if layer == len(self.blocks) - 1:  # only position pos of the output changed
+            if layer == last:  # only position pos of the output changed
                 return torch.cat(
                     [self.unembed(self.ln_final(resid)), state.logits[:, rest].repeat(copies, 1, 1)], 1
                 )
             resid = torch.cat([resid, state.resid[layer + 1][:, rest].repeat(copies, 1, 1)], 1)
             first = layer + 1
             # The next block's input changed at pos only: its queries, keys and values after pos are the
-            # recorded ones (unless a hook there wants to see them computed).
+            # recorded ones, and so are their attention outputs but for key pos (unless a hook there wants
+            # to see them computed).
             attn = self.blocks[first].attn
             watched = (attn.hook_q, attn.hook_k, attn.hook_v, attn.hook_rot_q, attn.hook_rot_k)
-            if pos + 1 < n and not any(h.active for h in watched):
-                known = tuple(t[:, :, rest] for t in (state.q[first], *state.kv[first]))
+            if not any(h.active for h in watched):
+                known = Recorded(
+                    *(t[:, :, rest] for t in (state.q[first], *state.kv[first], state.z[first])),
+                    state.lse[first][:, :, rest],
+                    *(t[:, :, pos : pos + 1] for t in state.kv[first]),
+                )
+        rows = None
+        watched = [h for block in self.blocks[layer + 1 :] for h in hooks_of(block) if h.active]
+        if readout is not None and layer < last and not watched:
+            rows = readout[readout >= pos] - pos
+            if not rows.numel():  # nothing read past pos: the patch cannot change what is read
+                return state.logits[:, pos:].repeat(copies, 1, 1)
         bias, rotary = self._bias_and_rotary(pos, n, key_mask, device)
         for i in range(first, len(self.blocks)):
-            resid = self.blocks[i](resid, bias, rotary, past(i, pos), known if i == first else None)
-        return self.unembed(self.ln_final(resid))
+            resid = self.blocks[i](
+                resid, bias, rotary, past(i, pos), known if i == first else None, rows if i == last else None
+            )
+        logits = self.unembed(self.ln_final(resid))
+        if rows is None:
+            return logits
+        out = state.logits[:, pos:].repeat(copies, 1, 1)
+        out[:, rows] = logits
+        return out
 
     def init_kv_cache(self) -> KVCache:
         """An empty key/value cache for `forward(..., past_kv_cache=)` and `generate_greedy`."""
@@ -518,6 +628,8 @@ class ResumeState:
     kv: list[list[Tensor]]  # per layer: [keys, values], each [B, H, P, Dh] (after rotary)
     key_mask: Tensor | None  # [B, P] True = real token; None: no padding
     q: list[Tensor]  # per layer: queries [B, H, P, Dh] (after rotary)
+    z: list[Tensor]  # per layer: attention output [B, H, P, Dh]
+    lse: list[Tensor]  # per layer: logsumexp of each query's scores [B, H, P]
     # buffers kept across passes; not an init field, so dataclasses.replace(state) starts without them
     _slots: dict[int, KVSlots] = field(default_factory=dict, init=False, repr=False)
 
@@ -567,6 +679,40 @@ class KVSlots:
                 buf[:rows].unflatten(0, (-1, known[j].shape[0]))[:, :, :, mid:end] = known[j][None]
             out.append(buf[:rows, :, :end])
         return out[0], out[1]
+
+
+def hooks_of(module: nn.Module) -> list[Hook]:
+    return [m for m in module.modules() if isinstance(m, Hook)]
+
+
+def log_normaliser(q: Tensor, k: Tensor, bias: Tensor | None, rows_per_chunk: int = 2**22) -> Tensor:
+    """logsumexp of each query's scores, [B, H, P], for queries and keys [B, H, P, Dh] (a few examples at a
+    time, so the [B, H, P, P] scores never exist at once)."""
+    b, h, p, _ = q.shape
+    step = max(1, rows_per_chunk // (h * p * p))
+    out = []
+    for i in range(0, b, step):
+        chunk_bias = bias if bias is None or bias.dim() < 4 else bias[i : i + step]
+        scores = attention_scores(q[i : i + step], k[i : i + step], chunk_bias)
+        out.append(scores.to(torch.promote_types(q.dtype, torch.float32)).logsumexp(-1))
+    return torch.cat(out)
+
+
+@dataclass
+class Recorded:
+    """A block's recorded queries, keys and values [B, H, T, Dh] (after rotary) of its last T positions,
+    the same in each copy of the batch, which `Attention.forward` then does not project. For a block whose
+    input changed at the one position before them (after a position-local patch in the block below) also
+    their recorded attention output z [B, H, T, Dh] and log-normaliser lse [B, H, T], and the recorded key
+    and value at that position [B, H, 1, Dh] (`one_key_changed`)."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    z: Tensor | None = None
+    lse: Tensor | None = None
+    k_pos: Tensor | None = None
+    v_pos: Tensor | None = None
 
 
 def append_known(new: Tensor, known: Tensor) -> Tensor:

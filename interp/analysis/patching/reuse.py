@@ -17,6 +17,8 @@ capability a model offers, not part of the hook contract:
         Mamba's hook_conv: P - pos + K - 1, the slice [pos:] of the full forward's)
     model.position_local(hook) -> bool      (optional) a patch there at p changes only position p of
     model.forward_from(..., single=True)    its block, which then runs on position p alone
+    model.forward_from(..., readout=rows)   (optional) only the logits at positions `rows` are read: the
+                                            rest may be the recorded ones (a `Metric` reads its mask's)
 
 interp's transformer, Mamba, Mamba-2 and LSTM offer it (`forward_from`); for a model without it (a
 TransformerLens bridge, a user's module, the hybrid for now) `method="auto"` falls back to `"batched"`.
@@ -26,6 +28,7 @@ Tested equal to the one-forward-per-patch loop (atol 1e-5), padding included
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -87,6 +90,9 @@ def resumed(
     if packed:
         _packed(model, state, specs, list(packed.values()), source_cache, metric, infos, per_forward, out)
     sliced: dict[tuple, Tensor] = {}  # one view per (hook, start, single): the patch hooks share it
+    options = {}
+    if isinstance(metric, Metric) and "readout" in inspect.signature(model.forward_from).parameters:
+        options["readout"] = metric.mask.any(0).nonzero()[:, 0].to(base.device)  # the positions it scores
     for (layer, start, single), members in sorted(groups.items()):
         k_max = per_forward(n - start)
         for c in range(0, len(members), k_max):
@@ -109,7 +115,7 @@ def resumed(
             k = len(chunk)
             with model.hooks(fwd_hooks=list(patch_hooks(copies, b, infos).items())):
                 tail = model.forward_from(
-                    state, layer, start, copies=k, **({"single": True} if single else {})
+                    state, layer, start, copies=k, **options, **({"single": True} if single else {})
                 )
             logits = tail if not start else torch.cat([state.logits[:, :start].repeat(k, 1, 1), tail], 1)
             out[chunk] = metric(logits).view(k, b).float().cpu()
