@@ -299,3 +299,43 @@ def test_agreement_probe_runs(run_python, tmp_path):
     ):
         assert line in proc.stdout, proc.stdout
     assert {p.name for p in tmp_path.iterdir()} >= {"edges.csv", "summary.json", "circuit.png"}
+
+
+@pytest.mark.parametrize("arch", ["transformer", "mamba", "hybrid"])
+def test_padding_gives_each_example_its_unpadded_scores(arch):
+    """EAP, EAP-IG, edge patching and faithfulness with attention_mask: a padded batch scores each
+    example as the unpadded batch does (padding is neither a sender's write nor read by the metric)."""
+    model = tiny(arch).double()
+    clean, corrupt, metric = tiny_inputs(b=3, p=6)
+    b, n = clean.shape
+    shifts = [2, 0, 1]  # example i: shifts[i] padding columns on its left, the rest on its right
+    width = n + max(shifts)
+    padded = [torch.zeros(b, width, dtype=t.dtype) for t in (clean, corrupt, metric.answers, metric.mask)]
+    attn = torch.zeros(b, width, dtype=torch.long)
+    for i, s in enumerate(shifts):
+        for dst, src in zip(padded, (clean, corrupt, metric.answers, metric.mask)):
+            dst[i, s : s + n] = src[i]
+        attn[i, s : s + n] = 1
+    p_clean, p_corrupt, answers, mask = padded
+    p_metric = Metric("logit_diff", answers, mask, (answers + 1) % 12)
+    pairs = [((clean, corrupt, metric), {}), ((p_clean, p_corrupt, p_metric), {"attention_mask": attn})]
+    frames = []
+    for (c, x, m), kw in pairs:
+        frames.append(
+            [
+                edge_attribution_patching(model, c, x, m, **kw),
+                edge_attribution_patching(model, c, x, m, method="eap-ig", steps=3, **kw),
+                edge_patching(model, c, x, m, **kw),
+            ]
+        )
+    for plain, pad in zip(*frames):
+        plain, pad = (df.set_index(KEY).sort_index() for df in (plain, pad))
+        assert list(pad.index) == list(plain.index)
+        assert plain.score.abs().max() > 1e-3  # the edges do something
+        torch.testing.assert_close(
+            torch.tensor(pad.score.values), torch.tensor(plain.score.values), atol=1e-9, rtol=0
+        )
+    circuit = frames[0][2].head(5)
+    plain_f = circuit_faithfulness(model, clean, corrupt, metric, circuit)
+    pad_f = circuit_faithfulness(model, p_clean, p_corrupt, p_metric, circuit, attention_mask=attn)
+    assert pad_f["faithfulness"] == pytest.approx(plain_f["faithfulness"], abs=1e-9)

@@ -180,6 +180,7 @@ class Prepared:
     infos: dict[str, HookInfo]  # hook -> axes and patch semantics
     clean_values: Tensor | None = None  # [B] the metric of each clean example
     corrupt_values: Tensor | None = None  # [B] the metric of each corrupted example
+    attention_mask: Tensor | None = None  # [B, P] 1 = token, 0 = padding; None: no padding
 
 
 def prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_mask=None) -> Prepared:
@@ -222,7 +223,16 @@ def prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_
         v_source, v_base = metric(source_logits).float(), metric(base_logits).float()
     clean_v, corrupt_v = (v_source, v_base) if mode == "denoise" else (v_base, v_source)
     return Prepared(
-        base, source, float(clean_v.mean()), float(corrupt_v.mean()), mode, cache, infos, clean_v, corrupt_v
+        base,
+        source,
+        float(clean_v.mean()),
+        float(corrupt_v.mean()),
+        mode,
+        cache,
+        infos,
+        clean_v,
+        corrupt_v,
+        attention_mask,
     )
 
 

@@ -28,8 +28,8 @@ input, each q / k / v / output hook assembles every receiver's value from its co
 residual hook adds back what the copies changed, so all copies agree again after each layer.
 
 Rows and effects are as in `path_patching` (sender, receiver, input q | k | v | in | direct, metric,
-effect = fraction of the clean-corrupt gap, per-example error bars from `patching.stats`). Batches
-without padding only (no attention_mask yet).
+effect = fraction of the clean-corrupt gap, per-example error bars from `patching.stats`). Left-padded
+batches take an `attention_mask`, as `activation_patching` does.
 
     >>> eap = edge_attribution_patching(model, clean.tokens, corrupt.tokens, metric, method="eap-ig", steps=10)
     >>> graph = circuit_from_edges(eap, k=20)                      # interp.analysis.circuits
@@ -46,7 +46,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from interp.analysis.patching.activation import Prepared, prepare, with_effects
+from interp.analysis.patching.activation import Prepared, masked, prepare, with_effects
 from interp.analysis.patching.metrics import Metric
 from interp.analysis.patching.path import head_name
 from interp.analysis.patching.spec import PatchSpec, head_count
@@ -190,10 +190,11 @@ def _select(graph: EdgeGraph, senders: Iterable[str] | None, receivers: Iterable
     return chosen
 
 
-def _prepare(model, graph, clean_tokens, corrupt_tokens, metric, mode) -> Prepared:
+def _prepare(model, graph, clean_tokens, corrupt_tokens, metric, mode, attention_mask=None) -> Prepared:
     """`prepare` with the sender hooks as specs: baseline metrics and the source activations."""
     hooks = {s.hook for s in graph.senders} | {out for _, out in graph.attn.values()}
-    return prepare(model, clean_tokens, corrupt_tokens, metric, [PatchSpec(h) for h in sorted(hooks)], mode)
+    specs = [PatchSpec(h) for h in sorted(hooks)]
+    return prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_mask)
 
 
 def head_writes(
@@ -227,6 +228,7 @@ def edge_attribution_patching(
     mode: str = "noise",
     senders: Sequence[str] | None = None,
     receivers: Sequence[str] | None = None,
+    attention_mask: Tensor | None = None,
 ) -> pd.DataFrame:
     """EAP or EAP-IG score of every edge (see the module doc), per example.
 
@@ -234,7 +236,8 @@ def edge_attribution_patching(
     run: one forward of each input and one backward) or "eap-ig" (gradients averaged over `steps`
     interpolations of the embedding: `steps` forwards and backwards more). mode: "noise" (base clean,
     corrupted senders) or "denoise". senders / receivers: node names to score (default all; see
-    `edge_graph`). Returns one row per edge: sender, sender_layer, receiver, receiver_layer, input,
+    `edge_graph`). attention_mask [B, P] (1 = token, 0 = left padding), shared by both inputs, goes to
+    every forward. Returns one row per edge: sender, sender_layer, receiver, receiver_layer, input,
     score (estimated patched metric minus the base, mean over examples), metric (base + score), effect
     and its error bars, sorted by |effect|; `df.attrs` as `activation_patching`'s plus method, steps.
     """
@@ -244,13 +247,18 @@ def edge_attribution_patching(
         raise ValueError(f"steps={steps!r} must be an integer >= 1 (the EAP-IG integration points)")
     graph = edge_graph(model)
     chosen = _select(graph, senders, receivers)
-    run = _prepare(model, graph, clean_tokens, corrupt_tokens, metric, mode)
+    run = _prepare(model, graph, clean_tokens, corrupt_tokens, metric, mode, attention_mask)
     alphas = [0.0] if method == "eap" else [(k + 0.5) / steps for k in range(steps)]
     base = None
     if method == "eap-ig":  # the writes compare the two inputs' own runs, not the interpolated ones
         hooks = sorted({s.hook for s in graph.senders} | {h for pair in graph.attn.values() for h in pair})
         with torch.no_grad():
-            base = run_and_cache(model, run.base, hooks)[1]
+            if run.attention_mask is None:
+                base = run_and_cache(model, run.base, hooks)[1]
+            else:
+                base = dict(
+                    model.run_with_cache(run.base, names_filter=hooks, **masked(run.attention_mask))[1]
+                )
     grads, writes = None, None
     for alpha in alphas:
         g, w = _gradient_pass(model, graph, run, metric, alpha, writes is None, base)
@@ -293,7 +301,8 @@ def _gradient_pass(
 
     final = graph.receivers[-1].read_hook
     with torch.enable_grad():
-        logits = model.run_with_hooks(run.base, fwd_hooks=[(n, keep(n)) for n in sorted(names)])
+        hooks = [(n, keep(n)) for n in sorted(names)]
+        logits = model.run_with_hooks(run.base, fwd_hooks=hooks, **masked(run.attention_mask))
         targets = [kept[n] for n in outs] + [kept[final]]
         # examples do not interact, so the gradient of the sum is each example's own gradient
         g_out = torch.autograd.grad(metric(logits).sum(), targets, retain_graph=True, allow_unused=True)
@@ -390,13 +399,15 @@ def edge_patching(
     senders: Sequence[str] | None = None,
     receivers: Sequence[str] | None = None,
     max_batch: int = 1024,
+    attention_mask: Tensor | None = None,
 ) -> pd.DataFrame:
     """Patch each edge alone (its receiver reads the source write of its sender, everything else
     recomputed): the finite difference that EAP estimates. Same rows as `edge_attribution_patching`,
-    with the measured metric. One forward per edge (several per batch: `max_batch` rows)."""
+    with the measured metric. One forward per edge (several per batch: `max_batch` rows). attention_mask:
+    as in `edge_attribution_patching`."""
     graph = edge_graph(model)
     chosen = _select(graph, senders, receivers)
-    run = _prepare(model, graph, clean_tokens, corrupt_tokens, metric, mode)
+    run = _prepare(model, graph, clean_tokens, corrupt_tokens, metric, mode, attention_mask)
     pairs = chosen.nonzero().tolist()
     keeps = graph.valid[None].repeat(len(pairs), 1, 1)
     for i, (s, r) in enumerate(pairs):
@@ -415,13 +426,14 @@ def circuit_faithfulness(
     metric: Metric | Callable[[Tensor], Tensor],
     circuit,
     max_batch: int = 1024,
+    attention_mask: Tensor | None = None,
 ) -> dict:
     """Run the clean input with every edge outside `circuit` patched to its corrupted value and report
     the fraction of the clean-corrupt metric difference it keeps:
     (m_circuit - m_corrupt) / (m_clean - m_corrupt), 1 = the circuit alone does it all, 0 = nothing.
 
     circuit: a `CircuitGraph` (`circuit_from_edges`), an EAP DataFrame's rows, or (sender, receiver,
-    input) triples. Returns {faithfulness, se, lo, hi (bootstrap 95% interval over examples),
+    input) triples. attention_mask: as in `edge_attribution_patching`. Returns {faithfulness, se, lo, hi (bootstrap 95% interval over examples),
     circuit_metric, clean_metric, corrupt_metric, n_edges, n_edges_total}."""
     graph = edge_graph(model)
     keys = {graph.key(s, r): (s, r) for s, r in graph.edges()}
@@ -433,7 +445,7 @@ def circuit_faithfulness(
             + (" ..." if len(bad) > 3 else "")
             + f"; nodes are {', '.join(node_names(graph))} and inputs q, k, v, in (MLP, mixer), direct (logits)"
         )
-    run = _prepare(model, graph, clean_tokens, corrupt_tokens, metric, "noise")
+    run = _prepare(model, graph, clean_tokens, corrupt_tokens, metric, "noise", attention_mask)
     keep = torch.zeros_like(graph.valid)
     for key in wanted:
         keep[keys[key]] = True
@@ -565,7 +577,8 @@ def _run_chunk(model, graph: EdgeGraph, run: Prepared, metric, keep: Tensor, k: 
         return fn
 
     with torch.enable_grad():  # for the heads' Jacobian-vector products only; every hook detaches
+        mask = None if run.attention_mask is None else run.attention_mask.repeat(k * m, 1)
         logits = model.run_with_hooks(
-            run.base.repeat(k * m, 1), fwd_hooks=[(n, chain(fns)) for n, fns in steps.items()]
+            run.base.repeat(k * m, 1), fwd_hooks=[(n, chain(fns)) for n, fns in steps.items()], **masked(mask)
         )
     return metric(view(logits.detach())[0].flatten(0, 1)).view(m, b)
