@@ -343,3 +343,50 @@ def test_reuse_uses_the_one_key_update(models, monkeypatch):
     monkeypatch.setattr(model, "resume_state", lambda *a: (s := resume(*a)).z.__setitem__(1, s.z[1] * 0) or s)
     broken = activation_patching(*args, mode="noise", method="reuse")
     assert not torch.allclose(torch.tensor(broken.metric.values), torch.tensor(reuse.metric.values))
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("positional", ["rope", "hard_alibi"])
+def test_hybrid_reuse_equals_loop(positional, padded):
+    """A hybrid of Mamba-1, attention, Mamba-2 and MLP layers: each layer restarts at p from its own
+    recording (conv window and state, keys and values); heads, states, residual and MLP grids."""
+    torch.manual_seed(4)
+    model = build_model(
+        "hybrid",
+        d_vocab=TASK.vocab.size,
+        d_model=16,
+        layers=["mamba", "attn", "mamba2", "mlp"],
+        n_heads=2,
+        d_state=4,
+        head_dim=8,
+        positional=positional,
+    ).eval()
+    for p in model.parameters():
+        p.data.mul_(3)
+    model = model.double()
+    clean, corrupt = paired_batches(TASK, 3, 5)
+    metric = make_metric("logit_diff", clean, corrupt)
+    c_tok, x_tok, attn = clean.tokens, corrupt.tokens, None
+    if padded:
+        answers, wrong = clean.tokens.roll(-1, 1), corrupt.tokens.roll(-1, 1)
+        (c_tok, mask, ans, wr), attn = left_pad(clean.tokens, clean.score_mask, answers, wrong, [0, 2, 5])
+        (x_tok, *_), _ = left_pad(corrupt.tokens, clean.score_mask, answers, wrong, [0, 2, 5])
+        metric = Metric("logit_diff", ans, mask.bool(), wr)
+    n = c_tok.shape[1]
+    specs = (
+        patch_specs(model, "z", heads=True, positions=True, n_pos=n)
+        + patch_specs(model, "ssm_state", positions=True, n_pos=n)
+        + patch_specs(model, "resid_pre", positions=True, n_pos=n)
+        + patch_specs(model, "mlp_out", positions=True, n_pos=n)
+        + patch_specs(model, "k", heads=True, positions=[2, 6])
+    )
+    assert {s.layer for s in specs} == {0, 1, 2, 3}
+    args = (model, c_tok, x_tok, metric, specs)
+    reuse = activation_patching(*args, mode="noise", method="reuse", attention_mask=attn, max_batch=24)
+    loop = activation_patching(*args, mode="noise", method="loop", attention_mask=attn)
+    assert_same(reuse, loop, torch.float64)
+    assert reuse.metric.std() > 0
+    assert model.position_local("blocks.1.attn.hook_z") and model.position_local("blocks.3.mlp.hook_pre")
+    assert not model.position_local("blocks.1.attn.hook_k") and not model.position_local(
+        "blocks.0.hook_resid_pre"
+    )

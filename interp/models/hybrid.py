@@ -33,7 +33,16 @@ from torch import Tensor, nn
 
 from interp.config import Config
 from interp.models.base import Hook, HookedModel
-from interp.models.mamba import MambaBlock, MambaConfig, RMSNorm, init_mamba_mixer
+from interp.models.mamba import POSITION_LOCAL as SSM_POSITION_LOCAL
+from interp.models.mamba import (
+    MambaBlock,
+    MambaConfig,
+    RMSNorm,
+    init_mamba_mixer,
+    resume_block,
+    resume_ssm,
+    ssm_recorders,
+)
 from interp.models.mamba2 import Mamba2Block, Mamba2Config, init_mamba2_mixer
 from interp.models.ssd import layer_attention
 from interp.models.transformer import (
@@ -41,6 +50,7 @@ from interp.models.transformer import (
     KVCache,
     TransformerConfig,
     bias_and_rotary,
+    kv_slots,
 )
 
 LAYER_KINDS = ("mamba", "mamba2", "attn", "mlp")
@@ -220,6 +230,24 @@ class HybridCache:
     n_tokens: int = 0
 
 
+@dataclass
+class HybridResume:
+    """What `HookedHybrid.forward_from` restarts from: one recorded forward of B sequences; per layer
+    (None where the layer has none) its input, SSM conv inputs and states as `MambaResume`'s, and the
+    attention layers' [keys, values] [B, H, P, Dh] (after rotary)."""
+
+    logits: Tensor  # [B, P, d_vocab]
+    resid: list[Tensor]  # blocks.{l}.hook_resid_pre [B, P, d_model]
+    conv_in: list[Tensor | None]
+    ssm: list[Tensor | None]
+    kv: list[list[Tensor] | None]
+    mask: Tensor | None  # [B, P] 1 = token, 0 = padding (the model's dtype); None: no padding
+    key_mask: Tensor | None  # [B, P] True = token
+    # the attention layers' key/value buffers, kept across passes (`transformer.kv_slots`); not an init
+    # field, so dataclasses.replace(state) starts without them
+    slots: dict = field(default_factory=dict, init=False, repr=False)
+
+
 class HookedHybrid(HookedModel):
     """A hybrid of SSM, attention and MLP layers; see the module docstring.
 
@@ -356,6 +384,84 @@ class HookedHybrid(HookedModel):
         cache.kv.n_tokens += 1
         logits = self.lm_head(self.ln_final(x)).float()
         return logits, HybridCache(ssm=ssm, kv=cache.kv, n_tokens=cache.n_tokens + 1)
+
+    # ---- resuming a forward (`interp.analysis.patching.reuse`) -------------------------------------
+    def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> HybridResume:
+        """One forward of tokens [B, P] recording what `forward_from` restarts from: each layer's input,
+        the SSM layers' conv inputs and states, the attention layers' keys and values (after rotary)."""
+        mask = None if attention_mask is None else attention_mask.to(self.embed.weight.dtype)
+        resid, conv_in, ssm, keys, values = {}, {}, {}, {}, {}
+        rope = (
+            self.attn_cfg is not None and self.attn_cfg.positional == "rope" and self.attn_cfg.rotary_dim > 0
+        )
+        hooks = []
+        for i, (kind, block) in enumerate(zip(self.cfg.layers, self.blocks, strict=True)):
+            hooks.append((f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act)))
+            if kind in SSM_KINDS:
+                hooks += ssm_recorders(block.mixer, f"blocks.{i}.mixer", mask, conv_in, ssm, i)
+            elif kind == "attn":
+                for name, into in (("rot_k" if rope else "k", keys), ("v", values)):
+                    record = lambda act, hook, i=i, into=into: into.__setitem__(i, act.transpose(1, 2))  # noqa: E731
+                    hooks.append((f"blocks.{i}.attn.hook_{name}", record))
+        with torch.no_grad():
+            logits = self.run_with_hooks(tokens, attention_mask, fwd_hooks=hooks)
+        layers = range(self.cfg.n_layers)
+        return HybridResume(
+            logits,
+            [resid[i] for i in layers],
+            [conv_in.get(i) for i in layers],
+            [ssm.get(i) for i in layers],
+            [[keys[i], values[i]] if i in keys else None for i in layers],
+            mask,
+            None if attention_mask is None else attention_mask.bool(),
+        )
+
+    # per kind of layer, the hooks where a patch at position p changes only position p of that layer
+    POSITION_LOCAL: ClassVar[dict[str, frozenset[str]]] = {
+        "mamba": SSM_POSITION_LOCAL,
+        "mamba2": SSM_POSITION_LOCAL,
+        "attn": frozenset(
+            {"attn.hook_q", "attn.hook_rot_q", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z"}
+            | {"hook_attn_out", "hook_resid_post"}
+        ),
+    }
+
+    def position_local(self, hook: str) -> bool:
+        """Whether a patch of `hook` at position p changes only position p of its own layer (so
+        `forward_from(..., single=True)` may run that layer on position p alone); every hook of an MLP
+        layer is."""
+        parts = hook.split(".", 2)
+        if (
+            parts[0] != "blocks"
+            or len(parts) < 3
+            or not parts[1].isdigit()
+            or int(parts[1]) >= self.cfg.n_layers
+        ):
+            return False
+        kind = self.cfg.layers[int(parts[1])]
+        return kind == "mlp" or parts[2] in self.POSITION_LOCAL[kind]
+
+    def forward_from(
+        self, state: HybridResume, layer: int, pos: int, copies: int = 1, single: bool = False
+    ) -> Tensor:
+        """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at layer `layer`, position
+        `pos` (`interp.models.mamba.resume_ssm`): SSM layers continue from their recorded conv window
+        and state, attention layers from their recorded keys and values; single: layer `layer` runs on
+        position `pos` alone."""
+        device = state.resid[0].device
+        key_mask = None if state.key_mask is None else state.key_mask.repeat(copies, 1)
+
+        def run(i: int, x: Tensor, end: int) -> Tensor:  # layer i on positions pos..end-1
+            kind, block = self.cfg.layers[i], self.blocks[i]
+            if kind in SSM_KINDS:
+                return resume_block(block, state.conv_in[i], state.ssm[i], state.mask, x, pos, end, copies)
+            if kind == "attn":
+                mask = None if key_mask is None else key_mask[:, :end]
+                bias, rotary = bias_and_rotary(self.attn_cfg, pos, end, mask, device)
+                return block(x, bias, rotary, kv_slots(state.slots, state.kv[i], i, copies).begin(pos))
+            return block(x)
+
+        return resume_ssm(self, state, layer, pos, copies, single, run)
 
     def ssm_attention(self, tokens: Tensor) -> dict[int, Tensor]:
         """The exact hidden attention matrices of the Mamba-2 layers: {layer: [B, H, P, P]}, as

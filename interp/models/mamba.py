@@ -222,6 +222,12 @@ class MambaMixer(nn.Module):
         )
         self.hook_ssm_out = Hook("batch pos d_model", note="out_proj output (the bridge's name)")
 
+    def conv_input(self, in_proj: Tensor, mask: Tensor | None) -> Tensor:
+        """The convolution's input [B, P, D_inner] from `hook_in_proj`'s activation: x of [x | z], zero at
+        padding (what `resume` windows hold)."""
+        xs = in_proj[..., : self.cfg.d_inner]
+        return xs if mask is None else xs * mask[..., None]
+
     def forward(
         self,
         x: Tensor,
@@ -396,27 +402,37 @@ POSITION_LOCAL = frozenset(
 )
 
 
-def record_resume(model, tokens: Tensor, attention_mask: Tensor | None, conv_input) -> MambaResume:
-    """One forward of tokens [B, P] recording what `resume_ssm` restarts from. conv_input(in_proj
-    activation, mask [B, P] or None) -> the mixer's conv input [B, P, C]."""
-    k = model.cfg.d_conv
+def ssm_recorders(mixer, name: str, mask: Tensor | None, conv_in: dict, ssm: dict, key) -> list:
+    """Hooks that record, under `key`, an SSM mixer's (`blocks.{l}.mixer`: name) conv inputs with K - 1
+    zeros in front [B, C, K - 1 + P] and its state after each position, for `resume_ssm`."""
+    k = mixer.cfg.d_conv
+    pad = lambda act, hook: conv_in.__setitem__(
+        key, F.pad(mixer.conv_input(act, mask).transpose(1, 2), (k - 1, 0))
+    )  # noqa: E731
+    return [
+        (f"{name}.hook_in_proj", pad),
+        (f"{name}.hook_ssm_state", lambda act, hook: ssm.__setitem__(key, act)),
+    ]
+
+
+def record_resume(model, tokens: Tensor, attention_mask: Tensor | None) -> MambaResume:
+    """One forward of tokens [B, P] recording what `resume_ssm` restarts from."""
     mask = None if attention_mask is None else attention_mask.to(model.embed.weight.dtype)
-    resid, conv_in, states = [], [], []
-    record = lambda act, hook: conv_in.append(F.pad(conv_input(act, mask).transpose(1, 2), (k - 1, 0)))  # noqa: E731
+    resid, conv_in, states = {}, {}, {}
     hooks = []
-    for i in range(len(model.blocks)):
-        hooks += [
-            (f"blocks.{i}.hook_resid_pre", lambda act, hook: resid.append(act)),
-            (f"blocks.{i}.mixer.hook_in_proj", record),
-            (f"blocks.{i}.mixer.hook_ssm_state", lambda act, hook: states.append(act)),
-        ]
+    for i, block in enumerate(model.blocks):
+        hooks.append((f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act)))
+        hooks += ssm_recorders(block.mixer, f"blocks.{i}.mixer", mask, conv_in, states, i)
     with torch.no_grad():
         logits = model.run_with_hooks(tokens, attention_mask, fwd_hooks=hooks)
-    return MambaResume(logits, resid, conv_in, states, mask)
+    layers = range(len(model.blocks))
+    return MambaResume(
+        logits, [resid[i] for i in layers], [conv_in[i] for i in layers], [states[i] for i in layers], mask
+    )
 
 
 def resume_ssm(
-    model, state: MambaResume, layer: int, pos: int, copies: int = 1, single: bool = False
+    model, state, layer: int, pos: int, copies: int = 1, single: bool = False, run_block=None
 ) -> Tensor:
     """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`, position
     `pos`: blocks < layer do not run; each block >= layer continues from its recorded conv window and
@@ -424,7 +440,9 @@ def resume_ssm(
     on `copies` repeats of the batch (copy-major, as `tokens.repeat(copies, 1)`).
 
     single: block `layer` runs on position `pos` alone and the later positions of its output are the
-    recorded ones; right for a patch of a `POSITION_LOCAL` hook, which changes nothing else there."""
+    recorded ones; right for a patch of a `POSITION_LOCAL` hook, which changes nothing else there.
+    run_block(i, x, end) -> block i's output on positions pos..end-1 (default: an SSM block resumed from
+    its recording; the hybrid passes one for each kind of layer)."""
     b, n, _ = state.resid[0].shape
     if not (0 <= layer < len(model.blocks) and 0 <= pos < n):
         raise ValueError(
@@ -432,17 +450,14 @@ def resume_ssm(
             f"positions 0..{n - 1}"
         )
     rep = lambda t: t.repeat(copies, *[1] * (t.ndim - 1))  # noqa: E731
-    k = model.cfg.d_conv
-
-    def run(i: int, x: Tensor, end: int) -> Tensor:  # block i on positions pos..end-1
-        resume = (rep(state.conv_in[i][..., pos : pos + k - 1]), rep(state.ssm[i][:, :, pos - 1]))
-        mask = None if state.mask is None else rep(state.mask[:, pos:end])
-        return model.blocks[i](x, None, mask, resume if pos else None)
-
+    if run_block is None:
+        run_block = lambda i, x, end: resume_block(  # noqa: E731
+            model.blocks[i], state.conv_in[i], state.ssm[i], state.mask, x, pos, end, copies
+        )
     head = lambda x: model.lm_head(model.ln_final(x).to(model.lm_head.weight.dtype)).float()  # noqa: E731
     first = layer
     if single:
-        x = run(layer, rep(state.resid[layer][:, pos : pos + 1]), pos + 1)  # [K*B, 1, d_model]
+        x = run_block(layer, rep(state.resid[layer][:, pos : pos + 1]), pos + 1)  # [K*B, 1, d_model]
         if layer == len(model.blocks) - 1:  # only position pos of the output changed
             return torch.cat([head(x), rep(state.logits[:, pos + 1 :])], 1)
         x = torch.cat([x, rep(state.resid[layer + 1][:, pos + 1 :])], 1)
@@ -450,8 +465,17 @@ def resume_ssm(
     else:
         x = rep(state.resid[layer][:, pos:])
     for i in range(first, len(model.blocks)):
-        x = run(i, x, n)
+        x = run_block(i, x, n)
     return head(x)
+
+
+def resume_block(block, conv_in: Tensor, ssm: Tensor, mask, x: Tensor, pos: int, end: int, copies: int):
+    """An SSM block (Mamba-1 or Mamba-2) on x [copies * B, end - pos, d_model], positions pos..end-1,
+    continuing from its recorded conv inputs [B, C, K - 1 + P] and states (`ssm_recorders`)."""
+    rep = lambda t: t.repeat(copies, *[1] * (t.ndim - 1))  # noqa: E731
+    k = block.mixer.cfg.d_conv
+    resume = (rep(conv_in[..., pos : pos + k - 1]), rep(ssm[:, :, pos - 1]))
+    return block(x, None, None if mask is None else rep(mask[:, pos:end]), resume if pos else None)
 
 
 @torch.no_grad()
@@ -560,10 +584,7 @@ class HookedMamba(HookedModel):
     # ---- resuming a forward (`interp.analysis.patching.reuse`, see `resume_ssm`) -----------------
     def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> MambaResume:
         """One forward of tokens [B, P] recording what `forward_from` restarts from."""
-        di = self.cfg.d_inner
-        # the conv input: x of in_proj's [x | z], zero at padding as the mixer makes it
-        conv_input = lambda act, mask: act[..., :di] if mask is None else act[..., :di] * mask[..., None]  # noqa: E731
-        return record_resume(self, tokens, attention_mask, conv_input)
+        return record_resume(self, tokens, attention_mask)
 
     POSITION_LOCAL: ClassVar[frozenset[str]] = POSITION_LOCAL
 

@@ -219,6 +219,11 @@ class Mamba2Mixer(nn.Module):
             Cm.unflatten(-1, groups),
         )
 
+    def conv_input(self, in_proj: Tensor, mask: Tensor | None) -> Tensor:
+        """The convolution's input [B, P, conv_dim] from `hook_in_proj`'s activation: xBC of
+        [z | xBC | dt] (padding was zeroed before in_proj; what `resume` windows hold)."""
+        return in_proj[..., self.cfg.d_inner : self.cfg.d_inner + self.cfg.conv_dim]
+
     def forward(
         self,
         x: Tensor,
@@ -410,10 +415,7 @@ class HookedMamba2(HookedModel):
     # ---- resuming a forward (`interp.analysis.patching.reuse`; shared with Mamba-1: `resume_ssm`) ----
     def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> MambaResume:
         """One forward of tokens [B, P] recording what `forward_from` restarts from."""
-        cfg = self.cfg
-        # the conv input: xBC of in_proj's [z | xBC | dt] (padding is zeroed before in_proj)
-        conv_input = lambda act, mask: act[..., cfg.d_inner : cfg.d_inner + cfg.conv_dim]  # noqa: E731
-        return record_resume(self, tokens, attention_mask, conv_input)
+        return record_resume(self, tokens, attention_mask)
 
     POSITION_LOCAL: ClassVar[frozenset[str]] = POSITION_LOCAL
 

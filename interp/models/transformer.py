@@ -636,11 +636,17 @@ class ResumeState:
     def slots(self, layer: int, copies: int) -> KVSlots:
         """Layer `layer`'s keys/values for passes on `copies` repeats of the batch: one buffer per layer,
         kept from pass to pass, reallocated when a pass needs more copies (or far fewer) than it holds."""
-        held = self._slots.get(layer)
-        if held is None or not copies <= held.capacity < 2 * copies:
-            held = self._slots[layer] = KVSlots(self.kv[layer], copies)
-        held.copies = copies
-        return held
+        return kv_slots(self._slots, self.kv[layer], layer, copies)
+
+
+def kv_slots(held: dict[int, KVSlots], recorded: list[Tensor], layer: int, copies: int) -> KVSlots:
+    """`held[layer]`, the `KVSlots` of a layer's recorded [keys, values] for passes on `copies` repeats of
+    the batch, made anew when a pass needs more copies than it holds (or far fewer)."""
+    slots = held.get(layer)
+    if slots is None or not copies <= slots.capacity < 2 * copies:
+        slots = held[layer] = KVSlots(recorded, copies)
+    slots.copies = copies
+    return slots
 
 
 class KVSlots:

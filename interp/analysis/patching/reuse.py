@@ -20,8 +20,8 @@ capability a model offers, not part of the hook contract:
     model.forward_from(..., readout=rows)   (optional) only the logits at positions `rows` are read: the
                                             rest may be the recorded ones (a `Metric` reads its mask's)
 
-interp's transformer, Mamba, Mamba-2 and LSTM offer it (`forward_from`); for a model without it (a
-TransformerLens bridge, a user's module, the hybrid for now) `method="auto"` falls back to `"batched"`.
+interp's transformer, Mamba, Mamba-2, hybrid and LSTM offer it (`forward_from`); for a model without it
+(a TransformerLens bridge, a user's module) `method="auto"` falls back to `"batched"`.
 Tested equal to the one-forward-per-patch loop (atol 1e-5), padding included
 (tests/test_patching_reuse.py).
 """
