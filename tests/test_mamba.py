@@ -548,3 +548,25 @@ def test_one_config_table_maps_both_ways():
     )
     back = mamba_config_from_dict(hf_mamba_config(ours).to_dict())
     assert {f: getattr(back, f) for f in HF_FIELDS} == {f: getattr(ours, f) for f in HF_FIELDS}
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("window", [False, True])
+def test_depthwise_conv_equals_conv1d(bias, window):
+    """The mixers' convolution (shifted multiply-adds in [B, P, C], hand-written backward) equals
+    nn.Conv1d(groups=C, padding=K - 1) on the transposed input, outputs and every gradient (float64)."""
+    from interp.models.conv import depthwise_conv, reference_conv  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    b, p, c, k = 3, 7, 5, 4
+    x = torch.randn(b, p, c, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(c, 1, k, dtype=torch.float64, requires_grad=True)
+    bb = torch.randn(c, dtype=torch.float64, requires_grad=True) if bias else None
+    win = torch.randn(b, c, k - 1, dtype=torch.float64, requires_grad=True) if window else None
+    inputs = [t for t in (x, w, bb, win) if t is not None]
+    ours, ref = depthwise_conv(x, w, bb, win), reference_conv(x, w, bb, win)
+    assert ours.shape == ref.shape == (b, c, p + k - 1)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+    g = torch.randn_like(ref)
+    for a, r in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(ref, inputs, g)):
+        torch.testing.assert_close(a, r, atol=1e-12, rtol=0)

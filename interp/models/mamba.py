@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 from interp.config import Config
 from interp.models.base import Hook, HookedModel, StateSize
+from interp.models.conv import depthwise_conv
 from interp.models.scan import IMPLS, selective_scan, uses_cuda_kernel
 
 # module-tree prefix -> Hugging Face MambaForCausalLM prefix (state_dict keys)
@@ -252,11 +253,8 @@ class MambaMixer(nn.Module):
         z = self.hook_gate(z)
         if mask is not None:
             xs = xs * mask[..., None]
-        if resume is None:
-            conv = self.conv1d(xs.transpose(1, 2))  # [B, Di, P + K - 1]
-        else:  # the window replaces the left zero padding; the right padding gives the trailing K - 1
-            seq = F.pad(torch.cat([resume[0].to(xs.dtype), xs.transpose(1, 2)], -1), (0, k - 1))
-            conv = F.conv1d(seq, self.conv1d.weight, self.conv1d.bias, groups=xs.shape[-1])
+        # [B, Di, P + K - 1]; a resumed forward's window replaces the left zero padding
+        conv = depthwise_conv(xs, self.conv1d.weight, self.conv1d.bias, None if resume is None else resume[0])
         conv = self.hook_conv(conv)
         u = F.silu(conv[..., :p]).transpose(1, 2)
         if mask is not None:  # u = 0 makes B = 0 and the write dt * u * B = 0: no state change

@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from interp.config import Config
 from interp.models.base import Hook, HookedModel, StateSize
+from interp.models.conv import depthwise_conv
 from interp.models.mamba import (
     POSITION_LOCAL,
     MambaResume,
@@ -247,13 +248,12 @@ class Mamba2Mixer(nn.Module):
             x = x * mask[..., None]
         z, xbc, dt = self._split(self.hook_in_proj(self.in_proj(x)))
         z = self.hook_gate(z)
-        if resume is None:
-            conv = self.conv1d(xbc.transpose(1, 2))  # [B, conv_dim, P + K - 1]
-        else:  # the window replaces the left zero padding; the right padding gives the trailing K - 1
-            seq = F.pad(torch.cat([resume[0].to(xbc.dtype), xbc.transpose(1, 2)], -1), (0, cfg.d_conv - 1))
-            conv = F.conv1d(seq, self.conv1d.weight, self.conv1d.bias, groups=cfg.conv_dim)
+        # [B, conv_dim, P + K - 1]; a resumed forward's window replaces the left zero padding
+        conv = depthwise_conv(
+            xbc, self.conv1d.weight, self.conv1d.bias, None if resume is None else resume[0]
+        )
         conv = self.hook_conv(conv)
-        xbc_act = F.silu(conv[..., :p].transpose(1, 2).contiguous())  # [B, P, conv_dim]; 3x faster backward
+        xbc_act = F.silu(conv[..., :p].transpose(1, 2))  # [B, P, conv_dim]
         if mask is not None:
             xbc_act = xbc_act * mask[..., None]
         xs, Bm, Cm = self._split_xbc(xbc_act)
