@@ -160,6 +160,20 @@ def test_benchmark_pages_come_from_the_json_files():
     assert "<!-- gen: benchmark task_generation -->" in (ROOT / "docs" / "benchmarks.md").read_text()
 
 
+def test_every_benchmark_has_a_generated_table_and_none_is_typed():
+    """Each benchmark module has its JSON record and its marker on the benchmarks page (a new benchmark
+    without a table fails), and the page has no table of its own: every measured table is generated."""
+    import re
+
+    page = (ROOT / "docs" / "benchmarks.md").read_text()
+    shown = set(re.findall(r"<!-- gen: benchmark (\w+) -->", page))
+    modules = {p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem not in ("__init__", "common")}
+    records = {p.stem for p in (ROOT / "docs" / "benchmarks").glob("*.json")}
+    assert modules <= shown, f"benchmarks without a table on the page: {sorted(modules - shown)}"
+    assert shown == records, f"markers {sorted(shown - records)} lack a record; {sorted(records - shown)} unshown"
+    assert not [line for line in page.splitlines() if line.lstrip().startswith("|")], "a typed table"
+
+
 # ---- the help agrees with the code ------------------------------------------------------------------
 def subparsers() -> dict[str, argparse.ArgumentParser]:
     parser = build_parser()

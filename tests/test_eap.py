@@ -339,3 +339,36 @@ def test_padding_gives_each_example_its_unpadded_scores(arch):
     plain_f = circuit_faithfulness(model, clean, corrupt, metric, circuit)
     pad_f = circuit_faithfulness(model, p_clean, p_corrupt, p_metric, circuit, attention_mask=attn)
     assert pad_f["faithfulness"] == pytest.approx(plain_f["faithfulness"], abs=1e-9)
+
+
+def test_edge_patching_splits_examples_to_fit_max_batch(monkeypatch):
+    """A forward holds 3 x heads copies of the batch; a max_batch smaller than that splits the examples,
+    with the same results (and with a plain callable metric, which cannot be split, it runs whole)."""
+    import interp.analysis.patching.edges as edges  # noqa: PLC0415
+
+    model = tiny("transformer").double()
+    clean, corrupt, metric = tiny_inputs(b=4)
+    rows = []
+    original = edges._run_chunk
+    monkeypatch.setattr(
+        edges, "_run_chunk", lambda m, g, run, *a: rows.append(run.base.shape[0]) or original(m, g, run, *a)
+    )
+    whole = edge_patching(model, clean, corrupt, metric)
+    assert set(rows) == {4}
+    rows.clear()
+    split = edge_patching(model, clean, corrupt, metric, max_batch=13)  # 6 copies per example: 2 examples
+    assert set(rows) == {2}
+    torch.testing.assert_close(
+        torch.tensor(split.score.values), torch.tensor(whole.score.values), atol=1e-12, rtol=0
+    )
+    circuit = whole.head(4)
+    args = (model, clean, corrupt, metric, circuit)
+    assert circuit_faithfulness(*args, max_batch=7)["faithfulness"] == pytest.approx(
+        circuit_faithfulness(*args)["faithfulness"], abs=1e-12
+    )
+    rows.clear()
+    plain = edge_patching(model, clean, corrupt, lambda logits: metric(logits), max_batch=13)
+    assert set(rows) == {4}
+    torch.testing.assert_close(
+        torch.tensor(plain.score.values), torch.tensor(whole.score.values), atol=1e-12, rtol=0
+    )

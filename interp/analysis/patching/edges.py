@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pandas as pd
 import torch
@@ -403,8 +403,9 @@ def edge_patching(
 ) -> pd.DataFrame:
     """Patch each edge alone (its receiver reads the source write of its sender, everything else
     recomputed): the finite difference that EAP estimates. Same rows as `edge_attribution_patching`,
-    with the measured metric. One forward per edge (several per batch: `max_batch` rows). attention_mask:
-    as in `edge_attribution_patching`."""
+    with the measured metric. One forward per edge, several per forward up to `max_batch` rows (a forward
+    holds 3 x heads copies of the batch; with a `Metric`, a batch too large for one forward is split into
+    groups of examples). attention_mask: as in `edge_attribution_patching`."""
     graph = edge_graph(model)
     chosen = _select(graph, senders, receivers)
     run = _prepare(model, graph, clean_tokens, corrupt_tokens, metric, mode, attention_mask)
@@ -479,14 +480,39 @@ def run_circuits(
     model, graph: EdgeGraph, run: Prepared, metric, keep: Tensor, max_batch: int = 1024
 ) -> Tensor:
     """Metric [M, B] of the base run where, for each of the M masks keep [M, n_s, n_r], every edge
-    not kept reads its sender's source write instead of the current one (see the module doc)."""
+    not kept reads its sender's source write instead of the current one (see the module doc).
+
+    A forward holds K copies of the batch per circuit (K = the most receivers reading one residual point,
+    3 x heads at an attention layer); when K x B rows exceed max_batch and the metric is a `Metric` (one
+    value per example), the examples are split so that each forward stays within max_batch rows."""
     b = run.base.shape[0]
     n_copies = max(len(graph.readers(h)) for h in {r.read_hook for r in graph.receivers})
-    per_forward = max(1, max_batch // (n_copies * b))
-    out = []
-    for start in range(0, keep.shape[0], per_forward):
-        out.append(_run_chunk(model, graph, run, metric, keep[start : start + per_forward], n_copies))
-    return torch.cat(out).detach().cpu()
+    step = max(1, max_batch // n_copies) if n_copies * b > max_batch and isinstance(metric, Metric) else b
+    parts = []
+    for lo in range(0, b, step):
+        rows = slice(lo, lo + step)
+        part, part_metric = (run, metric) if step >= b else (examples_of(run, rows), metric.examples(rows))
+        per_forward = max(1, max_batch // (n_copies * part.base.shape[0]))
+        values = [
+            _run_chunk(model, graph, part, part_metric, keep[start : start + per_forward], n_copies)
+            for start in range(0, keep.shape[0], per_forward)
+        ]
+        parts.append(torch.cat(values))
+    return torch.cat(parts, 1).detach().cpu()
+
+
+def examples_of(run: Prepared, rows: slice) -> Prepared:
+    """The same patching run on examples `rows` only."""
+    pick = lambda t: None if t is None else t[rows]  # noqa: E731
+    return replace(
+        run,
+        base=run.base[rows],
+        source=run.source[rows],
+        source_cache={h: v[rows] for h, v in run.source_cache.items()},
+        clean_values=pick(run.clean_values),
+        corrupt_values=pick(run.corrupt_values),
+        attention_mask=pick(run.attention_mask),
+    )
 
 
 def _run_chunk(model, graph: EdgeGraph, run: Prepared, metric, keep: Tensor, k: int) -> Tensor:

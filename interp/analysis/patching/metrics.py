@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -56,6 +57,13 @@ class Metric:
                     f"{name} token {int(bad[0])} is outside the model's vocabulary: token ids must lie in "
                     f"[0, {d_vocab})"
                 )
+
+    def examples(self, rows: slice) -> Metric:
+        """The metric of examples `rows` only (for forwards that hold part of the batch)."""
+        part = copy.copy(self)
+        part.answers, part.mask = self.answers[rows], self.mask[rows]
+        part.wrong = None if self.wrong is None else self.wrong[rows]
+        return part
 
     def __call__(self, logits: Tensor) -> Tensor:
         return self.per_position(logits).sum(1)  # [K * B]
