@@ -170,7 +170,9 @@ def test_every_benchmark_has_a_generated_table_and_none_is_typed():
     modules = {p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem not in ("__init__", "common")}
     records = {p.stem for p in (ROOT / "docs" / "benchmarks").glob("*.json")}
     assert modules <= shown, f"benchmarks without a table on the page: {sorted(modules - shown)}"
-    assert shown == records, f"markers {sorted(shown - records)} lack a record; {sorted(records - shown)} unshown"
+    assert shown == records, (
+        f"markers {sorted(shown - records)} lack a record; {sorted(records - shown)} unshown"
+    )
     assert not [line for line in page.splitlines() if line.lstrip().startswith("|")], "a typed table"
 
 

@@ -335,6 +335,15 @@ def test_padding_gives_each_example_its_unpadded_scores(arch):
         torch.testing.assert_close(
             torch.tensor(pad.score.values), torch.tensor(plain.score.values), atol=1e-9, rtol=0
         )
+    split = edge_patching(
+        model, p_clean, p_corrupt, p_metric, attention_mask=attn, max_batch=8
+    )  # by examples
+    torch.testing.assert_close(
+        torch.tensor(split.set_index(KEY).sort_index().score.values),
+        torch.tensor(frames[0][2].set_index(KEY).sort_index().score.values),
+        atol=1e-9,
+        rtol=0,
+    )
     circuit = frames[0][2].head(5)
     plain_f = circuit_faithfulness(model, clean, corrupt, metric, circuit)
     pad_f = circuit_faithfulness(model, p_clean, p_corrupt, p_metric, circuit, attention_mask=attn)

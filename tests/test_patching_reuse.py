@@ -318,8 +318,52 @@ def test_forward_from_readout_computes_the_read_positions(models):
         others[rows] = False
         assert torch.equal(part[:, others], state.logits[:, pos:][:, others].repeat(2, 1, 1))
         assert not torch.equal(full[:, rows], state.logits[:, pos:][:, rows].repeat(2, 1, 1))
-    skipped = model.forward_from(state, 0, 6, readout=torch.tensor([2, 5]))
+    with model.hooks(fwd_hooks=[("blocks.0.hook_attn_out", edit)]):
+        skipped = model.forward_from(state, 0, 6, single=True, readout=torch.tensor([2, 5]))
     assert torch.equal(skipped, state.logits[:, 6:])
+    seen = []  # a hook after the last block sees every position of the pass: no readout then
+    with model.hooks(fwd_hooks=[("ln_final.hook_normalized", lambda act, hook: seen.append(act.shape[1]))]):
+        model.forward_from(state, 0, 1, readout=read)
+    assert seen == [n - 1]
+
+
+@pytest.mark.parametrize("arch", ["transformer", "mamba", "hybrid"])
+def test_reuse_equals_loop_with_user_hooks_editing(arch):
+    """A user's hooks that edit activations (steering, scaling) stay on while patching: a resumed pass
+    sends the recorded block inputs and attention outputs through them again, so they are recorded before
+    the user's edit (`hooks_first`), and the result equals the loop's, which runs them once per forward."""
+    torch.manual_seed(5)
+    kw = dict(d_vocab=TASK.vocab.size, d_model=16)
+    if arch == "transformer":
+        model = build_model("transformer", n_layers=3, n_heads=2, **kw)
+    elif arch == "mamba":
+        model = build_model("mamba", n_layers=2, d_state=4, **kw)
+    else:
+        model = build_model("hybrid", layers=["mamba", "attn", "attn"], n_heads=2, d_state=4, **kw)
+    model = model.eval().double()
+    for p in model.parameters():
+        p.data.mul_(3)
+    clean, corrupt = paired_batches(TASK, 2, 5)
+    metric = make_metric("logit_diff", clean, corrupt)
+    n = clean.tokens.shape[1]
+    steer = torch.randn(16, dtype=torch.float64)
+    edits = {"blocks.1.hook_resid_pre": lambda act, hook: act + steer}
+    if arch != "mamba":
+        edits["blocks.2.attn.hook_z"] = lambda act, hook: act * 2.0
+    heads = "z" if arch != "mamba" else "mixer_out"
+    specs = patch_specs(model, heads, positions=True, n_pos=n, **({"heads": True} if heads == "z" else {}))
+    specs += patch_specs(model, "resid_pre", positions=True, n_pos=n)
+    args = (model, clean.tokens, corrupt.tokens, metric, specs)
+    plain = activation_patching(*args, mode="noise", method="loop")
+    for name, fn in edits.items():
+        model.hook_dict[name].add_perma_hook(fn)
+    try:
+        reuse = activation_patching(*args, mode="noise", method="reuse")
+        loop = activation_patching(*args, mode="noise", method="loop")
+    finally:
+        model.reset_hooks(including_permanent=True)
+    assert_same(reuse, loop, torch.float64)
+    assert not torch.allclose(torch.tensor(loop.metric.values), torch.tensor(plain.metric.values))
 
 
 def test_reuse_uses_the_one_key_update(models, monkeypatch):

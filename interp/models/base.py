@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -87,6 +88,22 @@ class HookedModel(HookedRootModule):
 
     arch: ClassVar[str]
     cfg: Any
+
+    @contextmanager
+    def hooks_first(self, fwd_hooks: Iterable[tuple[str, Callable]]):
+        """Forward hooks that run before any hook already attached (TransformerLens' `prepend=True`), so
+        they see each activation as the forward computed it, before a user's hook edits it; removed on
+        exit. Resumed forwards record what their hooks will see again this way (`resume_state`)."""
+        level = -id(self)  # a context level of our own: remove_hooks(level=) takes only these
+        points = []
+        try:
+            for name, fn in fwd_hooks:
+                self.hook_dict[name].add_hook(fn, dir="fwd", level=level, prepend=True)
+                points.append(self.hook_dict[name])
+            yield
+        finally:
+            for point in points:
+                point.remove_hooks("fwd", level=level)
 
     # ---- inputs -------------------------------------------------------------------------------
     def check_tokens(self, tokens: Tensor) -> None:

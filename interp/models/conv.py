@@ -5,8 +5,9 @@ use `nn.Conv1d(C, C, K, groups=C, padding=K - 1)` on x.transpose(1, 2), then kee
 On the CPU that transposes [B, P, C] to channels-first and back around a convolution kernel whose
 backward is slow for this shape (K = 4, thousands of channels). `depthwise_conv` computes the same
 convolution as K shifted multiply-adds along positions of the [B, P, C] tensor, with a hand-written
-backward, and returns it in the hook's channels-first layout as a view. Everywhere else (CUDA) it is
-`F.conv1d`, the reference it is tested against (tests/test_mamba.py).
+backward, and returns it in the hook's channels-first layout as a view (the mixers make it contiguous
+when `hook_conv` is hooked, so a hook may `.view` it). Elsewhere (CUDA, half precision) it is `F.conv1d`,
+the reference it is tested against (tests/test_mamba.py).
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None, window: Tenso
     """x [B, P, C], weight [C, 1, K], bias [C] or None -> [B, C, P + K - 1], as nn.Conv1d(C, C, K,
     groups=C, padding=K - 1) of x.transpose(1, 2); window [B, C, K - 1] (the K - 1 inputs before x's first,
     when a forward continues a sequence) replaces the left zero padding."""
-    if x.device.type != "cpu" or not x.is_floating_point():
-        return reference_conv(x, weight, bias, window)
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return reference_conv(x, weight, bias, window)  # CUDA kernels; half precision accumulates in float32
     return _DepthwiseConv.apply(x, weight, bias, window).transpose(1, 2)
 
 
@@ -59,15 +60,18 @@ class _DepthwiseConv(torch.autograd.Function):
         padded, taps = ctx.saved_tensors
         has_bias, has_window, w_dtype = ctx.parts
         k, length = taps.shape[0], grad.shape[1]
+        need_x, need_w, need_b, need_window = ctx.needs_input_grad
         grad = grad.contiguous()
-        grad_padded = torch.zeros_like(padded)
-        grad_taps = taps.new_empty(taps.shape)
-        for j in range(k):
-            grad_padded[:, j : j + length].addcmul_(grad, taps[j])
-            grad_taps[j] = (grad * padded[:, j : j + length]).sum((0, 1))
-        p = length - k + 1
-        grad_x = grad_padded[:, k - 1 : k - 1 + p]
-        grad_w = grad_taps.t()[:, None, :].to(w_dtype)
-        grad_b = grad.sum((0, 1)).to(w_dtype) if has_bias else None
-        grad_window = grad_padded[:, : k - 1].transpose(1, 2) if has_window else None
+        grad_x = grad_w = grad_b = grad_window = None
+        if need_x or need_window:
+            grad_padded = torch.zeros_like(padded)
+            for j in range(k):
+                grad_padded[:, j : j + length].addcmul_(grad, taps[j])
+            grad_x = grad_padded[:, k - 1 : length]
+            grad_window = grad_padded[:, : k - 1].transpose(1, 2) if has_window else None
+        if need_w:
+            grad_w = torch.stack([(grad * padded[:, j : j + length]).sum((0, 1)) for j in range(k)])
+            grad_w = grad_w.t()[:, None, :].to(w_dtype)
+        if need_b and has_bias:
+            grad_b = grad.sum((0, 1)).to(w_dtype)
         return grad_x, grad_w, grad_b, grad_window

@@ -45,6 +45,7 @@ from interp.models.mamba import (
 )
 from interp.models.mamba2 import Mamba2Block, Mamba2Config, init_mamba2_mixer
 from interp.models.ssd import layer_attention
+from interp.models.transformer import POSITION_LOCAL as TRANSFORMER_POSITION_LOCAL
 from interp.models.transformer import (
     Attention,
     KVCache,
@@ -394,16 +395,16 @@ class HookedHybrid(HookedModel):
         rope = (
             self.attn_cfg is not None and self.attn_cfg.positional == "rope" and self.attn_cfg.rotary_dim > 0
         )
-        hooks = []
+        inputs, hooks = [], []  # each layer's input before any user hook edits it (see `record_resume`)
         for i, (kind, block) in enumerate(zip(self.cfg.layers, self.blocks, strict=True)):
-            hooks.append((f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act)))
+            inputs.append((f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act)))
             if kind in SSM_KINDS:
                 hooks += ssm_recorders(block.mixer, f"blocks.{i}.mixer", mask, conv_in, ssm, i)
             elif kind == "attn":
                 for name, into in (("rot_k" if rope else "k", keys), ("v", values)):
                     record = lambda act, hook, i=i, into=into: into.__setitem__(i, act.transpose(1, 2))  # noqa: E731
                     hooks.append((f"blocks.{i}.attn.hook_{name}", record))
-        with torch.no_grad():
+        with torch.no_grad(), self.hooks_first(inputs):
             logits = self.run_with_hooks(tokens, attention_mask, fwd_hooks=hooks)
         layers = range(self.cfg.n_layers)
         return HybridResume(
@@ -420,9 +421,11 @@ class HookedHybrid(HookedModel):
     POSITION_LOCAL: ClassVar[dict[str, frozenset[str]]] = {
         "mamba": SSM_POSITION_LOCAL,
         "mamba2": SSM_POSITION_LOCAL,
+        # the transformer's, less its MLP and resid_mid hooks (an attention layer has none)
         "attn": frozenset(
-            {"attn.hook_q", "attn.hook_rot_q", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z"}
-            | {"hook_attn_out", "hook_resid_post"}
+            h
+            for h in TRANSFORMER_POSITION_LOCAL
+            if h.startswith("attn.") or h in ("hook_attn_out", "hook_resid_post")
         ),
     }
 

@@ -255,7 +255,7 @@ class MambaMixer(nn.Module):
             xs = xs * mask[..., None]
         # [B, Di, P + K - 1]; a resumed forward's window replaces the left zero padding
         conv = depthwise_conv(xs, self.conv1d.weight, self.conv1d.bias, None if resume is None else resume[0])
-        conv = self.hook_conv(conv)
+        conv = self.hook_conv(conv.contiguous() if self.hook_conv.active else conv)  # a hook may .view it
         u = F.silu(conv[..., :p]).transpose(1, 2)
         if mask is not None:  # u = 0 makes B = 0 and the write dt * u * B = 0: no state change
             u = u * mask[..., None]
@@ -414,14 +414,16 @@ def ssm_recorders(mixer, name: str, mask: Tensor | None, conv_in: dict, ssm: dic
 
 
 def record_resume(model, tokens: Tensor, attention_mask: Tensor | None) -> MambaResume:
-    """One forward of tokens [B, P] recording what `resume_ssm` restarts from."""
+    """One forward of tokens [B, P] recording what `resume_ssm` restarts from: each block's input before
+    any user hook edits it (a resumed pass sends it through the hook again), the conv inputs and states
+    after (it reads them as they are)."""
     mask = None if attention_mask is None else attention_mask.to(model.embed.weight.dtype)
     resid, conv_in, states = {}, {}, {}
-    hooks = []
+    inputs, hooks = [], []
     for i, block in enumerate(model.blocks):
-        hooks.append((f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act)))
+        inputs.append((f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act)))
         hooks += ssm_recorders(block.mixer, f"blocks.{i}.mixer", mask, conv_in, states, i)
-    with torch.no_grad():
+    with torch.no_grad(), model.hooks_first(inputs):
         logits = model.run_with_hooks(tokens, attention_mask, fwd_hooks=hooks)
     layers = range(len(model.blocks))
     return MambaResume(
@@ -447,7 +449,7 @@ def resume_ssm(
             f"cannot resume at layer {layer}, position {pos}: layers 0..{len(model.blocks) - 1}, "
             f"positions 0..{n - 1}"
         )
-    rep = lambda t: t.repeat(copies, *[1] * (t.ndim - 1))  # noqa: E731
+    rep = lambda t: repeat_copies(t, copies)  # noqa: E731
     if run_block is None:
         run_block = lambda i, x, end: resume_block(  # noqa: E731
             model.blocks[i], state.conv_in[i], state.ssm[i], state.mask, x, pos, end, copies
@@ -467,10 +469,15 @@ def resume_ssm(
     return head(x)
 
 
+def repeat_copies(t: Tensor, copies: int) -> Tensor:
+    """t [B, ...] -> [copies * B, ...], copy-major (as tokens.repeat(copies, 1))."""
+    return t.repeat(copies, *[1] * (t.ndim - 1))
+
+
 def resume_block(block, conv_in: Tensor, ssm: Tensor, mask, x: Tensor, pos: int, end: int, copies: int):
     """An SSM block (Mamba-1 or Mamba-2) on x [copies * B, end - pos, d_model], positions pos..end-1,
     continuing from its recorded conv inputs [B, C, K - 1 + P] and states (`ssm_recorders`)."""
-    rep = lambda t: t.repeat(copies, *[1] * (t.ndim - 1))  # noqa: E731
+    rep = lambda t: repeat_copies(t, copies)  # noqa: E731
     k = block.mixer.cfg.d_conv
     resume = (rep(conv_in[..., pos : pos + k - 1]), rep(ssm[:, :, pos - 1]))
     return block(x, None, None if mask is None else rep(mask[:, pos:end]), resume if pos else None)

@@ -225,9 +225,7 @@ def attention_scores(q: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
     bias: `attention_bias`'s (None: causal, the queries being the last Pq positions)."""
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if bias is None:
-        pq, pk = scores.shape[-2:]
-        causal = torch.ones(pq, pk, dtype=torch.bool, device=q.device).tril(pk - pq)
-        return scores.masked_fill(~causal, float("-inf"))
+        return scores.masked_fill(~causal_mask(*scores.shape[-2:], q.device), float("-inf"))
     if bias.dtype == torch.bool:
         return scores.masked_fill(~bias, float("-inf"))
     return scores + bias.to(scores.dtype)
@@ -236,9 +234,12 @@ def attention_scores(q: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
 def query_rows(bias: Tensor | None, rows: Tensor, pq: int, pk: int, device) -> Tensor:
     """`attention_bias`'s bias for the queries `rows` (indices into its Pq queries, the last Pq of Pk
     positions) only; None (causal) becomes the equivalent boolean mask."""
-    if bias is None:
-        bias = torch.ones(pq, pk, dtype=torch.bool, device=device).tril(pk - pq)
-    return bias[..., rows, :]
+    return (causal_mask(pq, pk, device) if bias is None else bias)[..., rows, :]
+
+
+def causal_mask(pq: int, pk: int, device) -> Tensor:
+    """[Pq, Pk] True where query i (the last Pq of Pk positions) may attend to key j."""
+    return torch.ones(pq, pk, dtype=torch.bool, device=device).tril(pk - pq)
 
 
 def sdpa_mask(bias: Tensor | None, like: Tensor) -> Tensor | None:
@@ -420,6 +421,15 @@ def bias_and_rotary(cfg: TransformerConfig, n_past: int, n_pos: int, key_mask: T
     return bias, rotary
 
 
+# Hooks after attention has mixed positions (or on the query side): within their block, a patch at
+# position p changes position p only (keys/values, hence every later query, are computed before them).
+POSITION_LOCAL = frozenset(
+    {"attn.hook_q", "attn.hook_rot_q", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z"}
+    | {"hook_attn_out", "hook_resid_mid", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post"}
+    | {"hook_mlp_out", "hook_resid_post"}
+)
+
+
 class HookedTransformer(HookedModel):
     """Decoder-only transformer: `forward(tokens [B, P]) -> logits [B, P, d_vocab]`.
 
@@ -497,7 +507,9 @@ class HookedTransformer(HookedModel):
     # patch at layer l, position p cannot change layers < l or positions < p, so the patched forward
     # starts at block l from the cached residual stream, with the cached keys/values of positions < p.
     def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> ResumeState:
-        """One forward of tokens [B, P] recording what `forward_from` restarts from."""
+        """One forward of tokens [B, P] recording what `forward_from` restarts from. What a resumed pass
+        sends through a hook again (each block's input, attention output z) is recorded before any user
+        hook edits it; what it reads as it is (keys/values before the start, queries), after."""
         cache = self.init_kv_cache()
         resids: list[Tensor] = []
         queries: list[Tensor] = []  # after rotary, as the keys in the cache
@@ -505,28 +517,23 @@ class HookedTransformer(HookedModel):
         q_hook = (
             "attn.hook_rot_q" if self.cfg.positional == "rope" and self.cfg.rotary_dim > 0 else "attn.hook_q"
         )
-        hooks = []
+        before, after = [], []
         for i in range(len(self.blocks)):
-            hooks += [
+            before += [
                 (f"blocks.{i}.hook_resid_pre", lambda act, hook: resids.append(act)),
-                (f"blocks.{i}.{q_hook}", lambda act, hook: queries.append(act.transpose(1, 2))),
                 (f"blocks.{i}.attn.hook_z", lambda act, hook: zs.append(act.transpose(1, 2))),
             ]
-        with torch.no_grad():
-            logits = self.run_with_hooks(tokens, attention_mask, past_kv_cache=cache, fwd_hooks=hooks)
+            after.append((f"blocks.{i}.{q_hook}", lambda act, hook: queries.append(act.transpose(1, 2))))
+        with torch.no_grad(), self.hooks_first(before):
+            logits = self.run_with_hooks(tokens, attention_mask, past_kv_cache=cache, fwd_hooks=after)
             bias, _ = self._bias_and_rotary(0, tokens.shape[1], cache.key_mask, tokens.device)
-            lse = [log_normaliser(q, kv[0], bias) for q, kv in zip(queries, cache.layers)]
+            # block 0 never resumes after a patch below it: its normaliser is not needed
+            lse = [None] + [log_normaliser(q, kv[0], bias) for q, kv in zip(queries[1:], cache.layers[1:])]
         return ResumeState(
             logits, resids, [layer for layer in cache.layers], cache.key_mask, queries, zs, lse
         )
 
-    # Hooks after attention has mixed positions (or on the query side): within their block, a patch at
-    # position p changes position p only (keys/values, hence every later query, are computed before them).
-    POSITION_LOCAL: ClassVar[frozenset[str]] = frozenset(
-        {"attn.hook_q", "attn.hook_rot_q", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_z"}
-        | {"hook_attn_out", "hook_resid_mid", "ln2.hook_normalized", "mlp.hook_pre", "mlp.hook_post"}
-        | {"hook_mlp_out", "hook_resid_post"}
-    )
+    POSITION_LOCAL: ClassVar[frozenset[str]] = POSITION_LOCAL
 
     def position_local(self, hook: str) -> bool:
         """Whether a patch of `hook` at position p changes only position p of its own block (so
@@ -550,9 +557,10 @@ class HookedTransformer(HookedModel):
         single: block `layer` runs on position `pos` alone (its hooks fire with 1 position) and the
         later positions of its output are the recorded ones; right for a patch of a `position_local`
         hook, which changes nothing else in that block.
-        readout: the positions (ascending, of 0..P-1) whose logits are read. When no hook of a block after
-        `layer` is active, the last block computes only those (past its keys and values), the logits
-        elsewhere are the recorded ones, and nothing runs when none of them is >= pos."""
+        readout: the positions (ascending, of 0..P-1) whose logits are read. When no hook of the last block
+        or `ln_final` is active (and `layer` is not the last), the last block computes only those (past
+        its keys and values) and the logits elsewhere are the recorded ones; with `single`, when none of
+        them is >= pos and no later block is hooked, the later blocks do not run."""
         b, n, _ = state.resid[0].shape
         if not (0 <= layer < len(self.blocks) and 0 <= pos < n):
             raise ValueError(
@@ -580,19 +588,22 @@ class HookedTransformer(HookedModel):
             # recorded ones, and so are their attention outputs but for key pos (unless a hook there wants
             # to see them computed).
             attn = self.blocks[first].attn
-            watched = (attn.hook_q, attn.hook_k, attn.hook_v, attn.hook_rot_q, attn.hook_rot_k)
-            if not any(h.active for h in watched):
+            inputs = (attn.hook_q, attn.hook_k, attn.hook_v, attn.hook_rot_q, attn.hook_rot_k)
+            if not any(h.active for h in inputs):
                 known = Recorded(
                     *(t[:, :, rest] for t in (state.q[first], *state.kv[first], state.z[first])),
                     state.lse[first][:, :, rest],
                     *(t[:, :, pos : pos + 1] for t in state.kv[first]),
                 )
         rows = None
-        watched = [h for block in self.blocks[layer + 1 :] for h in hooks_of(block) if h.active]
-        if readout is not None and layer < last and not watched:
+        end_quiet = not any(h.active for h in hooks_of(self.blocks[last]) + hooks_of(self.ln_final))
+        if readout is not None and layer < last and end_quiet:
             rows = readout[readout >= pos] - pos
-            if not rows.numel():  # nothing read past pos: the patch cannot change what is read
+            later_quiet = not any(h.active for block in self.blocks[first:] for h in hooks_of(block))
+            if not rows.numel() and single and later_quiet:  # nothing read after pos: nothing can change
                 return state.logits[:, pos:].repeat(copies, 1, 1)
+            if not rows.numel():
+                rows = None
         bias, rotary = self._bias_and_rotary(pos, n, key_mask, device)
         for i in range(first, len(self.blocks)):
             resid = self.blocks[i](
@@ -629,7 +640,7 @@ class ResumeState:
     key_mask: Tensor | None  # [B, P] True = real token; None: no padding
     q: list[Tensor]  # per layer: queries [B, H, P, Dh] (after rotary)
     z: list[Tensor]  # per layer: attention output [B, H, P, Dh]
-    lse: list[Tensor]  # per layer: logsumexp of each query's scores [B, H, P]
+    lse: list[Tensor | None]  # per layer from 1: logsumexp of each query's scores [B, H, P]
     # buffers kept across passes; not an init field, so dataclasses.replace(state) starts without them
     _slots: dict[int, KVSlots] = field(default_factory=dict, init=False, repr=False)
 
@@ -692,15 +703,17 @@ def hooks_of(module: nn.Module) -> list[Hook]:
 
 
 def log_normaliser(q: Tensor, k: Tensor, bias: Tensor | None, rows_per_chunk: int = 2**22) -> Tensor:
-    """logsumexp of each query's scores, [B, H, P], for queries and keys [B, H, P, Dh] (a few examples at a
-    time, so the [B, H, P, P] scores never exist at once)."""
+    """logsumexp of each query's scores, [B, H, P], for queries and keys [B, H, P, Dh], in at least float32
+    (as `one_key_changed` uses it); a few examples at a time, so the scores of the whole batch never exist
+    at once (one example's [H, P, P] does)."""
     b, h, p, _ = q.shape
+    calc = torch.promote_types(q.dtype, torch.float32)
     step = max(1, rows_per_chunk // (h * p * p))
     out = []
     for i in range(0, b, step):
         chunk_bias = bias if bias is None or bias.dim() < 4 else bias[i : i + step]
-        scores = attention_scores(q[i : i + step], k[i : i + step], chunk_bias)
-        out.append(scores.to(torch.promote_types(q.dtype, torch.float32)).logsumexp(-1))
+        scores = attention_scores(q[i : i + step].to(calc), k[i : i + step].to(calc), chunk_bias)
+        out.append(scores.logsumexp(-1))
     return torch.cat(out)
 
 
