@@ -235,7 +235,7 @@ class HybridCache:
 class HybridResume:
     """What `HookedHybrid.forward_from` restarts from: one recorded forward of B sequences; per layer
     (None where the layer has none) its input, SSM conv inputs and states as `MambaResume`'s, and the
-    attention layers' [keys, values] [B, H, P, Dh] (after rotary)."""
+    attention layers' keys and values (`[keys, values]`, each `[B, H, P, Dh]`, after rotary)."""
 
     logits: Tensor  # [B, P, d_vocab]
     resid: list[Tensor]  # blocks.{l}.hook_resid_pre [B, P, d_model]
