@@ -33,6 +33,17 @@ def left_pad(tokens, mask, answers, wrong, shifts, pad=0):
     return out, attn
 
 
+def pair_inputs(clean, corrupt, shifts=None):
+    """(clean tokens, corrupted tokens, logit-difference metric, attention_mask) of a pair of task batches;
+    with shifts, every example left-padded by shifts[i] (`left_pad`)."""
+    if shifts is None:
+        return clean.tokens, corrupt.tokens, make_metric("logit_diff", clean, corrupt), None
+    answers, wrong = clean.tokens.roll(-1, 1), corrupt.tokens.roll(-1, 1)
+    (c_tok, mask, ans, wr), attn = left_pad(clean.tokens, clean.score_mask, answers, wrong, shifts)
+    (x_tok, *_), _ = left_pad(corrupt.tokens, clean.score_mask, answers, wrong, shifts)
+    return c_tok, x_tok, Metric("logit_diff", ans, mask.bool(), wr), attn
+
+
 def assert_same(a, b, dtype):
     """Patched metrics agree to 1e-5: per example in float64; in float32 the mean over examples (per
     example, float32 rounding of logit differences of size ~50 reaches 2e-5: other summation orders)."""
@@ -98,10 +109,7 @@ def test_reuse_equals_loop_with_left_padding(positional, dtype):
         p.data.mul_(8)
     model = model.to(dtype)
     clean, corrupt = paired_batches(TASK, 3, 6)
-    answers, wrong = clean.tokens.roll(-1, 1), corrupt.tokens.roll(-1, 1)
-    (c_tok, mask, ans, wr), attn = left_pad(clean.tokens, clean.score_mask, answers, wrong, [0, 2, 5])
-    (x_tok, *_), _ = left_pad(corrupt.tokens, clean.score_mask, answers, wrong, [0, 2, 5])
-    metric = Metric("logit_diff", ans, mask.bool(), wr)
+    c_tok, x_tok, metric, attn = pair_inputs(clean, corrupt, [0, 2, 5])
     n = c_tok.shape[1]
     specs = patch_specs(model, "z", heads=True, positions=True, n_pos=n)
     specs += patch_specs(model, "resid_pre", positions=True, n_pos=n)
@@ -142,13 +150,7 @@ def test_lstm_reuse_equals_loop(padded):
     for p in model.parameters():
         p.data.mul_(6)
     clean, corrupt = paired_batches(TASK, 3, 5)
-    metric = make_metric("logit_diff", clean, corrupt)
-    c_tok, x_tok, attn = clean.tokens, corrupt.tokens, None
-    if padded:
-        answers, wrong = clean.tokens.roll(-1, 1), corrupt.tokens.roll(-1, 1)
-        (c_tok, mask, ans, wr), attn = left_pad(clean.tokens, clean.score_mask, answers, wrong, [0, 1, 4])
-        (x_tok, *_), _ = left_pad(corrupt.tokens, clean.score_mask, answers, wrong, [0, 1, 4])
-        metric = Metric("logit_diff", ans, mask.bool(), wr)
+    c_tok, x_tok, metric, attn = pair_inputs(clean, corrupt, [0, 1, 4] if padded else None)
     n = c_tok.shape[1]
     specs = [s for c in ("hidden", "cell") for s in patch_specs(model, c, positions=True, n_pos=n)]
     specs += patch_specs(model, "hidden")  # every position at once: starts at 0
@@ -202,13 +204,7 @@ def test_mamba_reuse_equals_loop(arch, grid, dtype, padded):
         p.data.mul_(3)
     model = model.to(dtype)
     clean, corrupt = paired_batches(TASK, 3, 5)
-    metric = make_metric("logit_diff", clean, corrupt)
-    c_tok, x_tok, attn = clean.tokens, corrupt.tokens, None
-    if padded:
-        answers, wrong = clean.tokens.roll(-1, 1), corrupt.tokens.roll(-1, 1)
-        (c_tok, mask, ans, wr), attn = left_pad(clean.tokens, clean.score_mask, answers, wrong, [0, 2, 5])
-        (x_tok, *_), _ = left_pad(corrupt.tokens, clean.score_mask, answers, wrong, [0, 2, 5])
-        metric = Metric("logit_diff", ans, mask.bool(), wr)
+    c_tok, x_tok, metric, attn = pair_inputs(clean, corrupt, [0, 2, 5] if padded else None)
     specs = mamba_grids(model, c_tok.shape[1])[grid]
     args = (model, c_tok, x_tok, metric, specs)
     reuse = activation_patching(*args, mode="noise", method="reuse", attention_mask=attn, max_batch=12)
@@ -409,13 +405,7 @@ def test_hybrid_reuse_equals_loop(positional, padded):
         p.data.mul_(3)
     model = model.double()
     clean, corrupt = paired_batches(TASK, 3, 5)
-    metric = make_metric("logit_diff", clean, corrupt)
-    c_tok, x_tok, attn = clean.tokens, corrupt.tokens, None
-    if padded:
-        answers, wrong = clean.tokens.roll(-1, 1), corrupt.tokens.roll(-1, 1)
-        (c_tok, mask, ans, wr), attn = left_pad(clean.tokens, clean.score_mask, answers, wrong, [0, 2, 5])
-        (x_tok, *_), _ = left_pad(corrupt.tokens, clean.score_mask, answers, wrong, [0, 2, 5])
-        metric = Metric("logit_diff", ans, mask.bool(), wr)
+    c_tok, x_tok, metric, attn = pair_inputs(clean, corrupt, [0, 2, 5] if padded else None)
     n = c_tok.shape[1]
     specs = (
         patch_specs(model, "z", heads=True, positions=True, n_pos=n)
