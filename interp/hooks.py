@@ -409,10 +409,13 @@ def axes_table(model: Any | None = None, group: bool = False) -> str:
     return "\n".join(lines)
 
 
-def run_and_cache(model: Any, tokens: Tensor, names: list[str]) -> tuple[Tensor, dict[str, Tensor]]:
-    """`model.run_with_cache(tokens, names_filter=names)` that raises when a hook did not fire (the
-    bridge's Mamba fires its SSM hooks only with `block.mixer.eager_scan = True`)."""
-    logits, cache = model.run_with_cache(tokens, names_filter=names)
+def run_and_cache(
+    model: Any, tokens: Tensor, names: list[str], **forward_kwargs: Any
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`model.run_with_cache(tokens, names_filter=names, **forward_kwargs)` (e.g. attention_mask) that
+    raises when a hook did not fire (the bridge's Mamba fires its SSM hooks only with
+    `block.mixer.eager_scan = True`)."""
+    logits, cache = model.run_with_cache(tokens, names_filter=names, **forward_kwargs)
     silent = [n for n in names if n not in cache]
     if silent:
         raise ValueError(

@@ -392,9 +392,7 @@ class HookedHybrid(HookedModel):
         the SSM layers' conv inputs and states, the attention layers' keys and values (after rotary)."""
         mask = None if attention_mask is None else attention_mask.to(self.embed.weight.dtype)
         resid, conv_in, ssm, keys, values = {}, {}, {}, {}, {}
-        rope = (
-            self.attn_cfg is not None and self.attn_cfg.positional == "rope" and self.attn_cfg.rotary_dim > 0
-        )
+        rope = self.attn_cfg is not None and self.attn_cfg.uses_rotary
         inputs, hooks = [], []  # each layer's input before any user hook edits it (see `record_resume`)
         for i, (kind, block) in enumerate(zip(self.cfg.layers, self.blocks, strict=True)):
             inputs.append((f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act)))

@@ -404,11 +404,12 @@ def ssm_recorders(mixer, name: str, mask: Tensor | None, conv_in: dict, ssm: dic
     """Hooks that record, under `key`, an SSM mixer's (`blocks.{l}.mixer`: name) conv inputs with K - 1
     zeros in front [B, C, K - 1 + P] and its state after each position, for `resume_ssm`."""
     k = mixer.cfg.d_conv
-    pad = lambda act, hook: conv_in.__setitem__(
-        key, F.pad(mixer.conv_input(act, mask).transpose(1, 2), (k - 1, 0))
-    )  # noqa: E731
+
+    def padded(act: Tensor, hook) -> None:
+        conv_in[key] = F.pad(mixer.conv_input(act, mask).transpose(1, 2), (k - 1, 0))
+
     return [
-        (f"{name}.hook_in_proj", pad),
+        (f"{name}.hook_in_proj", padded),
         (f"{name}.hook_ssm_state", lambda act, hook: ssm.__setitem__(key, act)),
     ]
 

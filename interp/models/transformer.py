@@ -386,6 +386,11 @@ class TransformerConfig(Config):
     def rotary_dim(self) -> int:
         return int(self.d_head * self.rotary_pct) // 2 * 2
 
+    @property
+    def uses_rotary(self) -> bool:
+        """Whether queries and keys are rotated (rope with rotary dims): hook_rot_q / hook_rot_k fire."""
+        return self.positional == "rope" and self.rotary_dim > 0
+
     # Fields TransformerLens's utilities (`transformer_lens.patching`, `ActivationCache`) read from a
     # HookedTransformerConfig, as read-only properties so checkpoints do not store them. `device` is a plain
     # attribute that the model keeps up to date (HookedModel._sync_cfg_device).
@@ -412,7 +417,7 @@ def bias_and_rotary(cfg: TransformerConfig, n_past: int, n_pos: int, key_mask: T
     hybrid's attention layers)."""
     bias = attention_bias(cfg, n_pos, device, key_mask, n_past)
     rotary = None
-    if cfg.positional == "rope" and cfg.rotary_dim > 0:
+    if cfg.uses_rotary:
         if key_mask is None:
             positions = torch.arange(n_past, n_pos, device=device)  # [P]
         else:  # a token's position = real tokens before it (Hugging Face's position_ids for padding)
@@ -514,9 +519,7 @@ class HookedTransformer(HookedModel):
         resids: list[Tensor] = []
         queries: list[Tensor] = []  # after rotary, as the keys in the cache
         zs: list[Tensor] = []
-        q_hook = (
-            "attn.hook_rot_q" if self.cfg.positional == "rope" and self.cfg.rotary_dim > 0 else "attn.hook_q"
-        )
+        q_hook = "attn.hook_rot_q" if self.cfg.uses_rotary else "attn.hook_q"
         before, after = [], []
         for i in range(len(self.blocks)):
             before += [
@@ -596,13 +599,11 @@ class HookedTransformer(HookedModel):
                     *(t[:, :, pos : pos + 1] for t in state.kv[first]),
                 )
         rows = None
-        end_quiet = not any(h.active for h in hooks_of(self.blocks[last]) + hooks_of(self.ln_final))
-        if readout is not None and layer < last and end_quiet:
+        if readout is not None and layer < last and not hooked(self.blocks[last], self.ln_final):
             rows = readout[readout >= pos] - pos
-            later_quiet = not any(h.active for block in self.blocks[first:] for h in hooks_of(block))
-            if not rows.numel() and single and later_quiet:  # nothing read after pos: nothing can change
-                return state.logits[:, pos:].repeat(copies, 1, 1)
-            if not rows.numel():
+            if not rows.numel():  # nothing read after pos: after a position-local patch, nothing can change
+                if single and not hooked(*self.blocks[first:]):
+                    return state.logits[:, pos:].repeat(copies, 1, 1)
                 rows = None
         bias, rotary = self._bias_and_rotary(pos, n, key_mask, device)
         for i in range(first, len(self.blocks)):
@@ -698,8 +699,9 @@ class KVSlots:
         return out[0], out[1]
 
 
-def hooks_of(module: nn.Module) -> list[Hook]:
-    return [m for m in module.modules() if isinstance(m, Hook)]
+def hooked(*modules: nn.Module) -> bool:
+    """Whether a hook inside any of `modules` is active."""
+    return any(isinstance(m, Hook) and m.active for module in modules for m in module.modules())
 
 
 def log_normaliser(q: Tensor, k: Tensor, bias: Tensor | None, rows_per_chunk: int = 2**22) -> Tensor:

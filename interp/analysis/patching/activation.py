@@ -209,11 +209,7 @@ def prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_
         )
     kw = masked(attention_mask)
     with torch.no_grad():
-        if kw:
-            source_logits, cache = model.run_with_cache(source, names_filter=hooks, **kw)
-            cache = {n: cache[n] for n in hooks}
-        else:
-            source_logits, cache = run_and_cache(model, source, hooks)
+        source_logits, cache = run_and_cache(model, source, hooks, **kw)
         base_logits = model(base, **kw)
         for s in specs:  # a bad index fails here, with the spec named, not inside a forward
             try:

@@ -253,12 +253,7 @@ def edge_attribution_patching(
     if method == "eap-ig":  # the writes compare the two inputs' own runs, not the interpolated ones
         hooks = sorted({s.hook for s in graph.senders} | {h for pair in graph.attn.values() for h in pair})
         with torch.no_grad():
-            if run.attention_mask is None:
-                base = run_and_cache(model, run.base, hooks)[1]
-            else:
-                base = dict(
-                    model.run_with_cache(run.base, names_filter=hooks, **masked(run.attention_mask))[1]
-                )
+            base = run_and_cache(model, run.base, hooks, **masked(run.attention_mask))[1]
     grads, writes = None, None
     for alpha in alphas:
         g, w = _gradient_pass(model, graph, run, metric, alpha, writes is None, base)
