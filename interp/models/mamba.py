@@ -52,6 +52,7 @@ from interp.config import Config
 from interp.models.base import Hook, HookedModel, StateSize
 from interp.models.conv import depthwise_conv
 from interp.models.scan import IMPLS, selective_scan, uses_cuda_kernel
+from interp.models.state_edit import StateEdit
 
 # module-tree prefix -> Hugging Face MambaForCausalLM prefix (state_dict keys)
 HF_PREFIXES = (
@@ -310,8 +311,8 @@ class MambaMixer(nn.Module):
                 original = scan(return_states=True)[1]
         else:
             original = states
-        edit = torch.where(new != original, new, torch.full_like(new, float("nan")))  # NaN = keep
-        return scan(return_states=True, state_edit=edit)
+        edit = StateEdit.changes(original, new, dim=2)  # the positions the hook changed, only
+        return scan(return_states=True, state_edit=edit) if len(edit) else (y, states)
 
 
 class _Scan:

@@ -66,6 +66,7 @@ from interp.models.mamba import (
     ssm_lm_forward,
 )
 from interp.models.ssd import IMPLS, discretize_dt, layer_attention, ssd_scan
+from interp.models.state_edit import StateEdit
 
 
 @dataclass
@@ -305,8 +306,8 @@ class Mamba2Mixer(nn.Module):
                 original = ssd_scan(**scan_in, return_states=True)[1]
         else:
             original = states
-        edit = torch.where(new != original, new, torch.full_like(new, float("nan")))  # NaN = keep
-        return ssd_scan(**scan_in, return_states=True, state_edit=edit)
+        edit = StateEdit.changes(original, new, dim=2)  # the positions the hook changed, only
+        return ssd_scan(**scan_in, return_states=True, state_edit=edit) if len(edit) else (y, states)
 
     def step(self, x: Tensor, conv: Tensor, ssm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One position: x [B, d_model] (normalised), conv [B, conv_dim, K - 1], ssm [B, H, head_dim, N]

@@ -41,11 +41,14 @@ kernel takes no initial state.
 from __future__ import annotations
 
 import functools
+from bisect import bisect_left
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from interp.models.state_edit import StateEdit, as_state_edit
 
 IMPLS = ("auto", "reference", "chunked", "cuda")
 _LOG2_E = 1.4426950408889634  # exp(x) = exp2(x * log2(e))
@@ -91,10 +94,13 @@ def _check_shapes(
         "C": (C, (b, n, length)),
         "D": (D, (d,)),
         "z": (z, (b, d, length)),
-        "state_edit": (state_edit, (b, d, length, n)),
         "write": (write, (b, d, length, n)),
         "initial_state": (initial_state, (b, d, n)),
     }
+    if isinstance(state_edit, StateEdit):
+        state_edit.check("state_edit", (b, d, length, n))
+    else:
+        expected["state_edit"] = (state_edit, (b, d, length, n))
     for name, (t, shape) in expected.items():
         if t is not None and tuple(t.shape) != shape:
             note = " (only input-dependent B and C of shape [batch, d_state, length] are supported)"
@@ -146,10 +152,12 @@ def selective_scan_ref(
     """The recurrence as a loop over positions, in float32 (float64 for float64 inputs).
 
     Same arguments and returns as `selective_scan`. `state_edit` [B, D, L, N] holds replacement
-    values for h_t, NaN where h_t keeps its computed value; `write` [B, D, L, N] replaces dt*u*B;
-    `initial_state` [B, D, N] is h_{-1}.
+    values for h_t, NaN where h_t keeps its computed value (or a `StateEdit`); `write` [B, D, L, N]
+    replaces dt*u*B; `initial_state` [B, D, N] is h_{-1}.
     """
     _check_shapes(u, delta, A, B, C, D, z, state_edit, write, initial_state)
+    if isinstance(state_edit, StateEdit):
+        state_edit = state_edit.dense(u.shape[-1])
     f = _compute_dtype(u)
     dt = _discretize_dt(delta, delta_bias, delta_softplus, f)  # [B, D, L]
     uf, Af, Bf, Cf = u.to(f), A.to(f), B.to(f), C.to(f)
@@ -180,12 +188,19 @@ def selective_scan_ref(
 # ---------------------------------------------------------------------------------------------
 # Chunked CPU path
 # ---------------------------------------------------------------------------------------------
-def _chunk_terms(dt, u, A2, Bm, s0, s1, mask, val, write):
+def _edits_in(times: list[int], s0: int, s1: int, device) -> tuple[slice, Tensor | None]:
+    """The edits (at ascending `times`) among positions [s0, s1): their slice of the edit list and their
+    positions within the chunk (None when there are none)."""
+    e0, e1 = bisect_left(times, s0), bisect_left(times, s1)
+    return slice(e0, e1), (torch.tensor(times[e0:e1], device=device) - s0 if e1 > e0 else None)
+
+
+def _chunk_terms(dt, u, A2, Bm, s0, s1, edits, write):
     """Decay and write of positions [s0, s1), both [S, B, N, D], from time-major inputs [L, B, ...].
 
     decay = exp(dt * A) = exp2(dt * A * log2(e)): `A2` holds A * log2(e) as [N, D] (exp2 is several
-    times faster than exp on CPU). An edited entry gets decay 0 and write = the edit value, so the
-    recurrence sets h_t to it.
+    times faster than exp on CPU). edits: (times, mask [E, B, N, D], values [E, B, N, D]) or None; an
+    edited entry gets decay 0 and write = the edit value, so the recurrence sets h_t to it.
     """
     decay = torch.mul(dt[s0:s1, :, None, :], A2).exp2_()  # [S, B, N, D], every entry in [0, 1]
     if write is not None:
@@ -193,10 +208,12 @@ def _chunk_terms(dt, u, A2, Bm, s0, s1, mask, val, write):
         w = write[s0:s1].to(decay.dtype).clone(memory_format=torch.contiguous_format)
     else:
         w = (dt[s0:s1] * u[s0:s1])[:, :, None, :] * Bm[s0:s1, :, :, None]  # [S, B, N, D]
-    if mask is not None:
-        m = mask[s0:s1]
-        decay = decay.masked_fill_(m, 0.0)
-        w = torch.where(m, val[s0:s1].to(decay.dtype), w).contiguous()
+    if edits is not None:
+        times, mask, val = edits
+        at, idx = _edits_in(times, s0, s1, decay.device)
+        if idx is not None:
+            decay[idx] = decay[idx].masked_fill_(mask[at], 0.0)
+            w[idx] = torch.where(mask[at], val[at].to(w.dtype), w[idx])
     return decay, w
 
 
@@ -220,9 +237,11 @@ def _readout(cm: Tensor, hs: Tensor) -> Tensor:
 class _ChunkedScan(torch.autograd.Function):
     """The linear recurrence and its readout, on time-major inputs.
 
-    forward(dt [L,B,D], u [L,B,D], A [D,N], Bm [L,B,N], Cm [L,B,N], mask [L,B,N,D] bool | None,
-            val [L,B,N,D] | None, write [L,B,N,D] | None, h0 [B,N,D] | None, chunk, want_states)
+    forward(dt [L,B,D], u [L,B,D], A [D,N], Bm [L,B,N], Cm [L,B,N], mask [E,B,N,D] bool | None,
+            val [E,B,N,D] | None, write [L,B,N,D] | None, h0 [B,N,D] | None, chunk, want_states, times)
         -> y [L,B,D] (= <C_t, h_t>), states [L,B,N,D] (empty unless want_states), last state [B,N,D]
+
+    mask/val edit the states at the E ascending positions `times` (a time-major `StateEdit`).
 
     h0 is the state before position 0 (None: zero); its gradient is the adjoint carried past
     position 0.
@@ -232,8 +251,9 @@ class _ChunkedScan(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, dt, u, A, Bm, Cm, mask, val, write, h0, chunk: int, want_states: bool):
+    def forward(ctx, dt, u, A, Bm, Cm, mask, val, write, h0, chunk: int, want_states: bool, times=()):
         length, b, d = u.shape
+        edits = None if mask is None else (times, mask, val)
         n = A.shape[1]
         A2 = (A.T * _LOG2_E).contiguous()  # [N, D]
         h = u.new_zeros(b, n, d) if h0 is None else h0.clone()  # a copy: never return an input
@@ -243,21 +263,22 @@ class _ChunkedScan(torch.autograd.Function):
         for s0 in range(0, length, chunk):
             s1 = min(s0 + chunk, length)
             starts.append(h)
-            decay, w = _chunk_terms(dt, u, A2, Bm, s0, s1, mask, val, write)
+            decay, w = _chunk_terms(dt, u, A2, Bm, s0, s1, edits, write)
             hs = states[s0:s1] if want_states else w  # without states, the scan overwrites w in place
             h = _run_chunk(decay, w, h, hs)
             y[s0:s1] = _readout(Cm[s0:s1], hs)
             h = h.clone()  # a copy, so `starts` does not keep this chunk's [S, B, N, D] buffer alive
         starts = torch.stack(starts) if starts else u.new_zeros(0, b, n, d)  # [n_chunks, B, N, D]
         ctx.save_for_backward(dt, u, A, Bm, Cm, mask, val, write, starts)
-        ctx.chunk = chunk
+        ctx.chunk, ctx.times = chunk, times
         ctx.set_materialize_grads(False)  # unused outputs give None, not [L, B, N, D] of zeros
         return y, states, h
 
     @staticmethod
     def backward(ctx, gy, gstates, glast):
         dt, u, A, Bm, Cm, mask, val, write, starts = ctx.saved_tensors
-        chunk = ctx.chunk
+        chunk, times = ctx.chunk, ctx.times
+        edits = None if mask is None else (times, mask, val)
         gy = gy.contiguous() if gy is not None else None  # e.g. a stride-0 gradient from .sum()
         length, b, d = u.shape
         n = A.shape[1]
@@ -276,7 +297,7 @@ class _ChunkedScan(torch.autograd.Function):
         for c in reversed(range(len(chunk_starts))):
             s0 = chunk_starts[c]
             s1 = min(s0 + chunk, length)
-            decay, w = _chunk_terms(dt, u, A2, Bm, s0, s1, mask, val, write)
+            decay, w = _chunk_terms(dt, u, A2, Bm, s0, s1, edits, write)
             hs = torch.empty_like(w)
             _run_chunk(decay, w, starts[c], hs)  # recompute this chunk's states, [S, B, N, D]
             gy_c = gy[s0:s1] if gy is not None else u.new_zeros(s1 - s0, b, d)  # [S, B, D]
@@ -295,10 +316,11 @@ class _ChunkedScan(torch.autograd.Function):
             g_dt[s0:s1] = torch.linalg.vecdot(x, At, dim=-2)  # sum_n x * A
             g_At += (x * dt[s0:s1, :, None, :]).sum((0, 1))
             # write: w_t = dt_t u_t B_t (unless replaced by `write` or an edit)
-            if mask is not None:
+            at, idx = _edits_in(times, s0, s1, gh.device) if edits else (None, None)
+            if idx is not None:
                 if g_val is not None:
-                    g_val[s0:s1] = gh * mask[s0:s1]
-                gh = gh.masked_fill(mask[s0:s1], 0.0)
+                    g_val[at] = gh[idx] * mask[at]
+                gh[idx] = gh[idx].masked_fill(mask[at], 0.0)
             if write is not None:
                 if g_write is not None:
                     g_write[s0:s1] = gh
@@ -308,7 +330,7 @@ class _ChunkedScan(torch.autograd.Function):
             g_u[s0:s1] = g_dtu * dt[s0:s1]
             g_B[s0:s1] = torch.linalg.vecdot(gh, (dt[s0:s1] * u[s0:s1])[:, :, None, :])  # [S, B, N]
         g_h0 = carry if need[8] else None  # d(loss)/d(h_{-1}) = decay_0 * gh_0 (+ glast when L = 0)
-        return g_dt, g_u, g_At.T, g_B, g_C, None, g_val, g_write, g_h0, None, None
+        return g_dt, g_u, g_At.T, g_B, g_C, None, g_val, g_write, g_h0, None, None, None
 
 
 def selective_scan_chunked(
@@ -341,13 +363,15 @@ def selective_scan_chunked(
     ut = u.to(f).permute(2, 0, 1).contiguous()
     Bt, Ct = B.to(f).permute(2, 0, 1).contiguous(), C.to(f).permute(2, 0, 1).contiguous()
     mask = val = None
-    if state_edit is not None:
-        edit = state_edit.permute(2, 0, 3, 1)  # [L, B, N, D] view
-        mask = ~torch.isnan(edit)
-        val = torch.where(mask, edit, torch.zeros((), dtype=edit.dtype, device=edit.device))
+    times = []
+    if state_edit is not None:  # only the edited positions, time-major: [E, B, N, D] views
+        edit = as_state_edit(state_edit, dim=2).moved(2, 0, 3, 1)
+        times, mask, val = edit.positions(), edit.mask, edit.values
     wt = write.permute(2, 0, 3, 1) if write is not None else None  # [L, B, N, D] view
     h0 = initial_state.to(f).transpose(1, 2) if initial_state is not None else None  # [B, N, D] view
-    y, states, last = _ChunkedScan.apply(dt, ut, A.to(f), Bt, Ct, mask, val, wt, h0, chunk, return_states)
+    y, states, last = _ChunkedScan.apply(
+        dt, ut, A.to(f), Bt, Ct, mask, val, wt, h0, chunk, return_states, times
+    )
     out = _finish(y.permute(1, 2, 0), u, D, z)
     if return_states:
         return out, states.permute(1, 3, 0, 2)  # [B, D, L, N] view of the time-major buffer
@@ -392,7 +416,8 @@ def selective_scan(
     delta_bias: [D].
     return_last_state: also return h_L [B, D, N] (as mamba-ssm does).
     return_states: also return every state h_t as [B, D, L, N] (instead of the last one).
-    state_edit: [B, D, L, N], NaN except where h_t is to be replaced; later positions see the edit.
+    state_edit: [B, D, L, N], NaN except where h_t is to be replaced; later positions see the edit. Or
+        a `StateEdit` (the edited positions only: what the mixers pass, much cheaper for a few).
     write: [B, D, L, N] used instead of the write term dt*u*B.
     initial_state: [B, D, N], the state before position 0 (default zero); differentiable.
     impl: "auto" | "reference" | "chunked" | "cuda" (see the module docstring for what auto picks).

@@ -40,9 +40,13 @@ entries of h_t *inside* the recurrence, `write` [B, H, L, P, N] replaces the wri
 
 from __future__ import annotations
 
+from bisect import bisect_left
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from interp.models.state_edit import StateEdit, as_state_edit
 
 IMPLS = ("auto", "reference", "chunked", "mamba_ssm")
 MAMBA_SSM_CHUNK = 256  # mamba-ssm's Mamba2 default chunk_size
@@ -77,9 +81,12 @@ def _check_shapes(x, dt, A, B, C, D, dt_bias, initial_state, state_edit, write) 
         "D": (D, (h,)),
         "dt_bias": (dt_bias, (h,)),
         "initial_state": (initial_state, (b, h, p, n)),
-        "state_edit": (state_edit, (b, h, length, p, n)),
         "write": (write, (b, h, length, p, n)),
     }
+    if isinstance(state_edit, StateEdit):
+        state_edit.check("state_edit", (b, h, length, p, n))
+    else:
+        expected["state_edit"] = (state_edit, (b, h, length, p, n))
     for name, (t, shape) in expected.items():
         if t is not None and tuple(t.shape) != shape:
             raise ValueError(
@@ -156,6 +163,8 @@ def ssd_scan_ref(
     Same arguments and returns as `ssd_scan`.
     """
     _check_shapes(x, dt, A, B, C, D, dt_bias, initial_state, state_edit, write)
+    if isinstance(state_edit, StateEdit):
+        state_edit = state_edit.dense(x.shape[1])
     f = _compute_dtype(x)
     b, length, h, p = x.shape
     n = B.shape[-1]
@@ -344,12 +353,12 @@ def _chunked_factored(xf, dtf, Af, Bf, Cf, Df, h0, q: int) -> tuple[Tensor, Tens
     return _ChunkedScan.apply(xf, dtf, Af, Bf, Cf, Df, h0, q)  # h0 None = zeros
 
 
-def _chunked_states(xf, dtf, Af, Bf, Cf, h0, q: int, write, mask, val) -> tuple[Tensor, Tensor]:
+def _chunked_states(xf, dtf, Af, Bf, Cf, h0, q: int, write, edit: StateEdit | None) -> tuple[Tensor, Tensor]:
     """Every state h_t [B, H, L, P, N] and <C_t, h_t> [B, L, H, P], chunk by chunk.
 
     Within a chunk: h_t = exp(cum_t) h_start + sum_{s <= t} exp(cum_t - cum_s) w_s, one batched matmul.
     From the first edited position of a chunk on it runs position by position, so the edited h_t is
-    what h_{t+1} builds on. `write` [B, H, L, P, N] replaces w = dt x B^T; `mask`/`val` are the edits.
+    what h_{t+1} builds on. `write` [B, H, L, P, N] replaces w = dt x B^T; `edit` (time axis 2) the edits.
     """
     b, length, h, p = xf.shape
     n = Bf.shape[-1]
@@ -359,23 +368,27 @@ def _chunked_states(xf, dtf, Af, Bf, Cf, h0, q: int, write, mask, val) -> tuple[
     a = (dtf * Af).transpose(1, 2)  # [B, H, L]
     state = h0
     chunks = []
+    times = edit.positions() if edit is not None else []
+    slot = {t: e for e, t in enumerate(times)}  # position -> its index in the edit
     for s0 in range(0, length, q):
         s1 = min(s0 + q, length)
         w = write[:, :, s0:s1]  # [B, H, S, P, N]
         cum = a[:, :, s0:s1].cumsum(-1)  # [B, H, S]
         hs = torch.einsum("bhts,bhspn->bhtpn", _causal_decay(cum), w)
         hs = hs + torch.exp(cum)[..., None, None] * state[:, :, None]
-        edited = mask[:, :, s0:s1].flatten(3).any(-1).any(0).any(0).nonzero() if mask is not None else []
-        if len(edited):
+        edited = [t for t in times[bisect_left(times, s0) : bisect_left(times, s1)]]
+        if edited:
             # from the first edit on, one position at a time; the positions before it keep the values
             # computed above, bit for bit the unedited run's (so a patch never changes an earlier output)
-            first = int(edited[0])
+            first = edited[0] - s0
             state = hs[:, :, first - 1] if first else state
             seq = []
             for t in range(s0 + first, s1):
                 state = torch.exp(a[:, :, t])[..., None, None] * state + write[:, :, t]
-                seq.append(torch.where(mask[:, :, t], val[:, :, t], state))
-                state = seq[-1]
+                if t in slot:
+                    e = slot[t]
+                    state = torch.where(edit.mask[:, :, e], edit.values[:, :, e], state)
+                seq.append(state)
             hs = torch.cat([hs[:, :, :first], torch.stack(seq, dim=2)], dim=2)
         chunks.append(hs)
         state = hs[:, :, -1]
@@ -413,12 +426,9 @@ def ssd_scan_chunked(
     xf, Af, Bf, Cf = x.to(f), A.to(f), B.to(f), C.to(f)
     h0 = initial_state.to(f) if initial_state is not None else xf.new_zeros(b, h, p, n)
     if return_states or state_edit is not None or write is not None:
-        mask = val = None
-        if state_edit is not None:
-            mask = ~torch.isnan(state_edit)
-            val = torch.where(mask, state_edit.to(f), torch.zeros((), dtype=f, device=x.device))
+        edit = as_state_edit(state_edit, dim=2)
         wf = write.to(f) if write is not None else None
-        y, states = _chunked_states(xf, dtf, Af, Bf, Cf, h0, q, wf, mask, val)
+        y, states = _chunked_states(xf, dtf, Af, Bf, Cf, h0, q, wf, None if edit is None else edit.to(f))
         last = states[:, :, -1] if length else h0
     elif length:  # the fast path: D's term is added inside
         h_in = initial_state.to(f) if initial_state is not None else None
@@ -464,7 +474,8 @@ def ssd_scan(
     initial_state: [B, H, P, N] (default zeros).
     return_last_state: also return h_L [B, H, P, N].
     return_states: also return every state h_t as [B, H, L, P, N] (instead of the last one).
-    state_edit: [B, H, L, P, N], NaN except where h_t is replaced; later positions see the edit.
+    state_edit: [B, H, L, P, N], NaN except where h_t is replaced; later positions see the edit. Or a
+        `StateEdit` (the edited positions only: what the mixer passes, much cheaper for a few).
     write: [B, H, L, P, N] used instead of the write term dt * x B^T.
     impl: "reference" | "chunked" | "mamba_ssm" (mamba-ssm's Triton kernel `mamba_chunk_scan_combined`:
     CUDA tensors, mamba-ssm installed, no per-position states or edits) | "auto" (= "mamba_ssm" where it
