@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from interp.models import build_model
 from interp.models.scan import selective_scan_chunked, selective_scan_ref
 from interp.models.ssd import ssd_scan_chunked, ssd_scan_ref
 from interp.models.state_edit import StateEdit
@@ -55,7 +56,11 @@ def test_sparse_edit_equals_the_dense_one(kind):
     sparse = lambda v: StateEdit.changes(original, v, dim=2)  # noqa: E731
     assert StateEdit.changes(original, new, dim=2).positions() == [4, 11, L - 1]
     expected = run(ref, inputs, dense, new)
-    for edit, fn, kw in [(sparse, scan, {"chunk_size": 4}), (dense, scan, {"chunk_size": 4}), (sparse, ref, {})]:
+    for edit, fn, kw in [
+        (sparse, scan, {"chunk_size": 4}),
+        (dense, scan, {"chunk_size": 4}),
+        (sparse, ref, {}),
+    ]:
         for got, want in zip(run(fn, inputs, edit, new, **kw), expected, strict=True):
             torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-9)
     # the edit holds at its positions, inside the recurrence (later states differ from the unedited ones)
@@ -78,7 +83,9 @@ def test_dense_round_trip_and_an_empty_edit():
 
 def test_bad_edits_are_named():
     inputs = {k: v.detach() for k, v in test_mamba.scan_inputs(1, 5, 6, 4).items()}
-    good = StateEdit(torch.tensor([1, 3]), torch.ones(1, 6, 2, 4, dtype=torch.bool), torch.zeros(1, 6, 2, 4), 2)
+    good = StateEdit(
+        torch.tensor([1, 3]), torch.ones(1, 6, 2, 4, dtype=torch.bool), torch.zeros(1, 6, 2, 4), 2
+    )
     selective_scan_chunked(**inputs, state_edit=good)
     wrong_shape = StateEdit(good.times, good.mask[..., :3], good.values[..., :3], 2)
     with pytest.raises(ValueError, match=r"state_edit must hold \[1, 6, 2, 4\].*\[1, 6, 2, 3\]"):
@@ -87,3 +94,40 @@ def test_bad_edits_are_named():
         bad = StateEdit(torch.tensor(times), good.mask, good.values, 2)
         with pytest.raises(ValueError, match=rf"ascending positions in 0\.\.4, got \{times}"):
             selective_scan_ref(**inputs, state_edit=bad)
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+@pytest.mark.parametrize("scan", ["chunked", "reference"])
+def test_a_state_patch_is_the_recurrence_continued_from_the_patched_state(arch, scan):
+    """A hook on layer 0's hook_ssm_state adding 1 at positions 4 (2 channels or heads) and 9 gives, at every other position,
+    the logits of step mode with layer 0's state set to (the hook's input there) + 1 after those steps: an
+    independent path, through the edit's positions only and the suffix rescans from the first one. (The
+    hook sees the states without edits, so the value at 9 is not the state after the edit at 4 plus 1.)"""
+    torch.manual_seed(0)
+    # one layer: step mode can change a state only after its step's output, so a later layer would see
+    # position t unedited
+    kw = dict(d_vocab=11, d_model=16, n_layers=1, d_state=4, scan=scan)
+    model = build_model(arch, **kw, **({"head_dim": 8} if arch == "mamba2" else {})).eval()
+    tokens = torch.randint(0, 11, (2, 13), generator=torch.Generator().manual_seed(2))
+    edited = (4, 9)
+
+    def hook(act, hook):  # part of the state at 4 (so the state before it matters), all of it at 9
+        act = act.clone()
+        act[:, :2, 4] += 1.0
+        act[:, :, 9] += 1.0
+        return act
+
+    name = "blocks.0.mixer.hook_ssm_state"
+    with torch.no_grad():
+        patched = model.run_with_hooks(tokens, fwd_hooks=[(name, hook)])
+        seen = model.run_with_cache(tokens, names_filter=name)[1][name]
+        cache, steps = model.init_cache(2), []
+        for t in range(tokens.shape[1]):
+            logits, cache = model.step(tokens[:, t], cache)
+            steps.append(logits)
+            if t in edited:
+                part = slice(0, 2) if t == 4 else slice(None)
+                cache.ssm[0][:, part] = seen[:, part, t] + 1.0
+    others = [t for t in range(tokens.shape[1]) if t not in edited]
+    torch.testing.assert_close(patched[:, others], torch.stack(steps, 1)[:, others], atol=1e-5, rtol=1e-5)
+    assert (patched[:, 10:] - model(tokens)[:, 10:]).abs().amax() > 1e-3  # the edits did reach them

@@ -287,9 +287,7 @@ class MambaMixer(nn.Module):
             scan_in["write"] = self.hook_ssm_write(write)
         scan = _Scan(scan_in, None if resume is None else resume[1])
         if self.hook_ssm_state.active:
-            y, states = scan(return_states=True)
-            y, states = self._run_state_hook(scan, y, states)
-            last = states[:, :, -1] if p else None
+            y, last = self._run_state_hook(scan, *scan(return_states=True))
         elif cache_out is not None:
             y, last = scan(return_last_state=True)
         else:
@@ -300,19 +298,23 @@ class MambaMixer(nn.Module):
         y = self.hook_scan_out(y.transpose(1, 2))  # [B, P, Di]
         return self.hook_ssm_out(self.out_proj(y))
 
-    def _run_state_hook(self, scan: _Scan, y: Tensor, states: Tensor) -> tuple[Tensor, Tensor]:
-        """Run `hook_ssm_state`; if it changed the states, re-run the scan with the changes inside."""
+    def _run_state_hook(self, scan: _Scan, y: Tensor, states: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Run `hook_ssm_state` on the scan's y [B, Di, P] and states [B, Di, P, N]; where it changed
+        them, re-run the scan with the changes inside the recurrence, from the first changed position on
+        -> (y, the last state; None when P = 0)."""
         version = states._version
         new = self.hook_ssm_state(states)
-        if new is states and states._version == version:
-            return y, states
-        if new is states:  # edited in place: recompute the unedited states to see what changed
-            with torch.no_grad():
-                original = scan(return_states=True)[1]
-        else:
-            original = states
-        edit = StateEdit.changes(original, new, dim=2)  # the positions the hook changed, only
-        return scan(return_states=True, state_edit=edit) if len(edit) else (y, states)
+        if new is not states or states._version != version:
+            if new is states:  # edited in place: recompute the unedited states to see what changed
+                with torch.no_grad():
+                    states = scan(return_states=True)[1]
+            edit = StateEdit.changes(states, new, dim=2)  # the positions the hook changed, only
+            if len(edit):
+                t0 = edit.positions()[0]  # before it nothing changed
+                rest = scan.suffix(t0, states[:, :, t0 - 1]) if t0 else scan
+                tail, last = rest(return_last_state=True, state_edit=edit.shifted(-t0))
+                return torch.cat([y[..., :t0], tail], -1), last
+        return y, (states[:, :, -1] if states.shape[2] else None)
 
 
 class _Scan:
@@ -324,6 +326,13 @@ class _Scan:
 
     def __init__(self, scan_in: dict, h0: Tensor | None):
         self.scan_in, self.h0 = scan_in, h0
+
+    def suffix(self, t0: int, h: Tensor) -> _Scan:
+        """The scan of positions t0.. only, continuing from h [B, Di, N], the state after t0 - 1."""
+        si = {k: v[..., t0:] if k in ("u", "delta", "B", "C", "z") else v for k, v in self.scan_in.items()}
+        if si.get("write") is not None:
+            si["write"] = si["write"][:, :, t0:]  # [B, Di, P, N]
+        return _Scan(si, h)
 
     def __call__(self, **kw):
         si = self.scan_in

@@ -278,9 +278,7 @@ class Mamba2Mixer(nn.Module):
             scan_in["write"] = self.hook_ssm_write(write)
         last = None
         if self.hook_ssm_state.active:
-            y, states = ssd_scan(**scan_in, return_states=True)
-            y, states = self._run_state_hook(scan_in, y, states)
-            last = states[:, :, -1] if p else None
+            y, last = self._run_state_hook(scan_in, *ssd_scan(**scan_in, return_states=True))
         elif cache_out is not None:
             y, last = ssd_scan(**scan_in, return_last_state=True)
         else:
@@ -295,19 +293,28 @@ class Mamba2Mixer(nn.Module):
         y = self.hook_inner_norm(self.norm(y.reshape(b, p, cfg.d_inner).to(x.dtype), z))
         return self.hook_ssm_out(self.out_proj(y))
 
-    def _run_state_hook(self, scan_in: dict, y: Tensor, states: Tensor) -> tuple[Tensor, Tensor]:
-        """Run `hook_ssm_state`; if it changed the states, re-run the scan with the changes inside."""
+    def _run_state_hook(self, scan_in: dict, y: Tensor, states: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Run `hook_ssm_state` on the scan's y [B, P, H, head_dim] and states [B, H, P, head_dim, N];
+        where it changed them, re-run the scan with the changes inside the recurrence, from the first
+        changed position on -> (y, the last state; None when P = 0)."""
         version = states._version
         new = self.hook_ssm_state(states)
-        if new is states and states._version == version:
-            return y, states
-        if new is states:  # edited in place: recompute the unedited states to see what changed
-            with torch.no_grad():
-                original = ssd_scan(**scan_in, return_states=True)[1]
-        else:
-            original = states
-        edit = StateEdit.changes(original, new, dim=2)  # the positions the hook changed, only
-        return ssd_scan(**scan_in, return_states=True, state_edit=edit) if len(edit) else (y, states)
+        if new is not states or states._version != version:
+            if new is states:  # edited in place: recompute the unedited states to see what changed
+                with torch.no_grad():
+                    states = ssd_scan(**scan_in, return_states=True)[1]
+            edit = StateEdit.changes(states, new, dim=2)  # the positions the hook changed, only
+            if len(edit):
+                t0 = edit.positions()[0]  # before it nothing changed: scan from there
+                rest = dict(scan_in)
+                if t0:
+                    rest.update({k: scan_in[k][:, t0:] for k in ("x", "dt", "B", "C")})
+                    rest["initial_state"] = states[:, :, t0 - 1]
+                    if scan_in.get("write") is not None:
+                        rest["write"] = scan_in["write"][:, :, t0:]  # [B, H, P, head_dim, N]
+                tail, last = ssd_scan(**rest, return_last_state=True, state_edit=edit.shifted(-t0))
+                return torch.cat([y[:, :t0], tail], 1), last
+        return y, (states[:, :, -1] if states.shape[2] else None)
 
     def step(self, x: Tensor, conv: Tensor, ssm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One position: x [B, d_model] (normalised), conv [B, conv_dim, K - 1], ssm [B, H, head_dim, N]

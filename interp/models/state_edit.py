@@ -31,7 +31,7 @@ class StateEdit:
 
     @classmethod
     def _at(cls, edited: Tensor, values: Tensor, dim: int) -> StateEdit:
-        times = edited.movedim(dim, 0).flatten(1).any(1).nonzero()[:, 0]
+        times = edited.any(dim=tuple(i for i in range(edited.ndim) if i != dim)).nonzero()[:, 0]
         return cls(times, edited.index_select(dim, times), values.index_select(dim, times), dim)
 
     @classmethod
@@ -52,6 +52,10 @@ class StateEdit:
 
     def positions(self) -> list[int]:
         return self.times.tolist()
+
+    def shifted(self, offset: int) -> StateEdit:
+        """The same edit at positions times + offset (for a scan of a later part of the sequence)."""
+        return StateEdit(self.times + offset, self.mask, self.values, self.dim)
 
     def to(self, dtype: torch.dtype) -> StateEdit:
         return StateEdit(self.times, self.mask, self.values.to(dtype), self.dim)

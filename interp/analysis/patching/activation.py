@@ -280,14 +280,30 @@ def patch_hooks(
             mask[k][spec.index(info)] = True
             if not shared:
                 source[k] = src
-        hooks[name] = _make_patch_hook(mask, source, k_total, b)
+        hooks[name] = _make_patch_hook(mask, source, k_total, b, info.pos)
     return hooks
 
 
-def _make_patch_hook(mask: Tensor, source: Tensor, k: int, b: int) -> Callable:
+def _make_patch_hook(mask: Tensor, source: Tensor, k: int, b: int, pos: int | None) -> Callable:
+    """act [K*B, ...] -> copy k's rows take source where mask [K, 1, ...] is True. When the specs patch a
+    few of the positions (axis `pos` of act), only those are merged and the rest copied: a `where` over
+    every position of a Mamba state [K*B, D, P, N] took a third of a state patch's time."""
+    ax = None if pos is None else pos + 1  # the axis in the [K, B, ...] view
+    touched = None
+    if ax is not None and mask.shape[ax] > 1:
+        touched = mask.any(dim=tuple(i for i in range(mask.ndim) if i != ax)).nonzero()[:, 0]
+        touched = touched if 2 * len(touched) <= mask.shape[ax] else None
+    if touched is not None:
+        mask, source = mask.index_select(ax, touched), source.index_select(ax, touched)
+
     def hook_fn(act: Tensor, hook) -> Tensor:
         view = act.unflatten(0, (k, b))  # [K, B, ...]
-        return torch.where(mask, source.to(act.dtype), view).flatten(0, 1)
+        if touched is None:
+            return torch.where(mask, source.to(act.dtype), view).flatten(0, 1)
+        merged = torch.where(mask, source.to(act.dtype), view.index_select(ax, touched))
+        out = act.clone()  # in act's memory layout: a copy in another one costs several times more
+        out.unflatten(0, (k, b)).index_copy_(ax, touched, merged)
+        return out
 
     return hook_fn
 
