@@ -431,3 +431,76 @@ def test_hybrid_reuse_equals_loop(positional, padded):
     assert not model.position_local("blocks.1.attn.hook_k") and not model.position_local(
         "blocks.0.hook_resid_pre"
     )
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2", "hybrid"])
+def test_state_patches_take_the_patched_layers_states_from_the_recording(arch, monkeypatch):
+    """A pass patching only its layer's hook_ssm_state hands the hook the recorded states instead of
+    scanning for them (`patched_hooks`): equal to the loop and to the pass that scans, no scan that
+    materialises the states, and a corrupted recording changes the result. A user hook on that same hook
+    editing in place leaves no recording to use (`MambaResume.seen` None), and reuse still equals the loop."""
+    import interp.models.mamba as mamba1  # noqa: PLC0415
+    import interp.models.mamba2 as mamba2  # noqa: PLC0415
+
+    torch.manual_seed(4)
+    if arch == "hybrid":
+        layers = ["mamba", "attn", "mamba"]
+        model = build_model(
+            "hybrid", layers=layers, d_model=16, n_heads=2, head_dim=8, d_state=4, d_vocab=TASK.vocab.size
+        )
+    else:
+        model = build_model(arch, **MAMBAS[arch], d_vocab=TASK.vocab.size)
+    model = model.eval().double()
+    for p in model.parameters():
+        p.data.mul_(3)
+    clean, corrupt = paired_batches(TASK, 2, 5)
+    metric = make_metric("logit_diff", clean, corrupt)
+    n = clean.tokens.shape[1]
+    grid = dict(heads=True) if arch == "mamba2" else dict(channel_groups=2)
+    specs = patch_specs(model, "ssm_state", positions=True, n_pos=n, **grid)
+    args = (model, clean.tokens, corrupt.tokens, metric, specs)
+    assert_same(
+        activation_patching(*args, mode="noise", method="reuse"),
+        activation_patching(*args, mode="noise", method="loop"),
+        torch.float64,
+    )
+    state = model.resume_state(clean.tokens)
+    layer = specs[0].layer
+    hook = f"blocks.{layer}.mixer.hook_ssm_state"
+    src = model.run_with_cache(corrupt.tokens, names_filter=hook)[1][hook]
+    scans = []  # whether each scan materialised every state
+    for module, name in ((mamba1, "selective_scan"), (mamba2, "ssd_scan")):
+        real = getattr(module, name)
+        monkeypatch.setattr(
+            module,
+            name,
+            lambda *a, real=real, **k: scans.append(k.get("return_states", False)) or real(*a, **k),
+        )
+
+    def patch(act, hook):  # reads its input: a replacement alone would hide what the hook received
+        act = act.clone()
+        act[:, :, 0] = src[:, :, 3] + 0.5 * act[:, :, 0]
+        return act
+
+    def resumed(state, known):
+        scans.clear()
+        with model.hooks(fwd_hooks=[(hook, patch)]):
+            out = model.forward_from(state, layer, 3, patched_hooks=frozenset({hook} if known else ()))
+        return out, sum(scans)
+
+    (fast, with_states), (slow, slow_with_states) = resumed(state, True), resumed(state, False)
+    torch.testing.assert_close(fast, slow, atol=1e-10, rtol=0)
+    assert (with_states, slow_with_states) == (0, 1)
+    state.seen[layer] = state.seen[layer] + 1.0  # the recording is what the hook receives
+    assert not torch.allclose(resumed(state, True)[0], slow)
+
+    def halve_in_place(act, hook):  # the last position: the same one in a resumed pass, which sees P - p
+        act[:, :, -1] *= 0.5
+
+    model.hook_dict[hook].add_perma_hook(halve_in_place)
+    try:
+        assert model.resume_state(clean.tokens).seen[layer] is None
+        edited = activation_patching(*args, mode="noise", method="reuse")
+        assert_same(edited, activation_patching(*args, mode="noise", method="loop"), torch.float64)
+    finally:
+        model.reset_hooks(including_permanent=True)

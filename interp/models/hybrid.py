@@ -41,6 +41,8 @@ from interp.models.mamba import (
     init_mamba_mixer,
     resume_block,
     resume_ssm,
+    seen_recorder,
+    seen_states,
     ssm_recorders,
 )
 from interp.models.mamba2 import Mamba2Block, Mamba2Config, init_mamba2_mixer
@@ -244,6 +246,7 @@ class HybridResume:
     kv: list[list[Tensor] | None]
     mask: Tensor | None  # [B, P] 1 = token, 0 = padding (the model's dtype); None: no padding
     key_mask: Tensor | None  # [B, P] True = token
+    seen: list[Tensor | None]  # the SSM layers' hook_ssm_state inputs, as `MambaResume.seen`
     # the attention layers' key/value buffers, kept across passes (`transformer.kv_slots`); not an init
     # field, so dataclasses.replace(state) starts without them
     slots: dict = field(default_factory=dict, init=False, repr=False)
@@ -391,12 +394,13 @@ class HookedHybrid(HookedModel):
         """One forward of tokens [B, P] recording what `forward_from` restarts from: each layer's input,
         the SSM layers' conv inputs and states, the attention layers' keys and values (after rotary)."""
         mask = None if attention_mask is None else attention_mask.to(self.embed.weight.dtype)
-        resid, conv_in, ssm, keys, values = {}, {}, {}, {}, {}
+        resid, conv_in, ssm, keys, values, seen = {}, {}, {}, {}, {}, {}
         rope = self.attn_cfg is not None and self.attn_cfg.uses_rotary
         inputs, hooks = [], []  # each layer's input before any user hook edits it (see `record_resume`)
         for i, (kind, block) in enumerate(zip(self.cfg.layers, self.blocks, strict=True)):
             inputs.append((f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act)))
             if kind in SSM_KINDS:
+                inputs.append(seen_recorder(f"blocks.{i}.mixer", seen, i))
                 hooks += ssm_recorders(block.mixer, f"blocks.{i}.mixer", mask, conv_in, ssm, i)
             elif kind == "attn":
                 for name, into in (("rot_k" if rope else "k", keys), ("v", values)):
@@ -413,6 +417,7 @@ class HookedHybrid(HookedModel):
             [[keys[i], values[i]] if i in keys else None for i in layers],
             mask,
             None if attention_mask is None else attention_mask.bool(),
+            [seen_states(seen, i) for i in layers],
         )
 
     # per kind of layer, the hooks where a patch at position p changes only position p of that layer
@@ -443,26 +448,34 @@ class HookedHybrid(HookedModel):
         return kind == "mlp" or parts[2] in self.POSITION_LOCAL[kind]
 
     def forward_from(
-        self, state: HybridResume, layer: int, pos: int, copies: int = 1, single: bool = False
+        self,
+        state: HybridResume,
+        layer: int,
+        pos: int,
+        copies: int = 1,
+        single: bool = False,
+        patched_hooks: frozenset[str] = frozenset(),
     ) -> Tensor:
         """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at layer `layer`, position
         `pos` (`interp.models.mamba.resume_ssm`): SSM layers continue from their recorded conv window
         and state, attention layers from their recorded keys and values; single: layer `layer` runs on
-        position `pos` alone."""
+        position `pos` alone; patched_hooks: the hooks the caller patches (see `resume_ssm`)."""
         device = state.resid[0].device
         key_mask = None if state.key_mask is None else state.key_mask.repeat(copies, 1)
 
-        def run(i: int, x: Tensor, end: int) -> Tensor:  # layer i on positions pos..end-1
+        def run(i: int, x: Tensor, end: int, seen: Tensor | None) -> Tensor:  # layer i, positions pos..end-1
             kind, block = self.cfg.layers[i], self.blocks[i]
             if kind in SSM_KINDS:
-                return resume_block(block, state.conv_in[i], state.ssm[i], state.mask, x, pos, end, copies)
+                return resume_block(
+                    block, state.conv_in[i], state.ssm[i], state.mask, x, pos, end, copies, seen
+                )
             if kind == "attn":
                 mask = None if key_mask is None else key_mask[:, :end]
                 bias, rotary = bias_and_rotary(self.attn_cfg, pos, end, mask, device)
                 return block(x, bias, rotary, kv_slots(state.slots, state.kv[i], i, copies).begin(pos))
             return block(x)
 
-        return resume_ssm(self, state, layer, pos, copies, single, run)
+        return resume_ssm(self, state, layer, pos, copies, single, run, patched_hooks)
 
     def ssm_attention(self, tokens: Tensor) -> dict[int, Tensor]:
         """The exact hidden attention matrices of the Mamba-2 layers: {layer: [B, H, P, P]}, as

@@ -163,6 +163,9 @@ class MambaResume:
     ssm: list[Tensor]  # per layer: the state after each position, Mamba-1 [B, D_inner, P, N],
     # Mamba-2 [B, H, P, head_dim, N] (the scan's compute dtype)
     mask: Tensor | None  # [B, P] 1 = token, 0 = padding (the model's dtype); None: no padding
+    # per layer: what hook_ssm_state received, before any user hook (the same tensor as `ssm` when none
+    # replaced it; None where one edited it in place): a resumed pass's input to that hook
+    seen: list[Tensor | None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +248,9 @@ class MambaMixer(nn.Module):
         resume (`HookedMamba.forward_from`): (window [B, D_inner, K - 1], h [B, D_inner, N]), the masked
         conv inputs of the K - 1 positions before x's first and the state after the one before it: x
         continues that sequence, and the hooks see what the whole sequence's forward shows from x's
-        first position on (`hook_conv`: its last P + K - 1 positions).
+        first position on (`hook_conv`: its last P + K - 1 positions). Both None: x starts the sequence.
+        A third entry, states [B, D_inner, P, N]: what hook_ssm_state receives, known from a recording
+        (the scan then runs once, after the hook, instead of once for it and again with its edits).
         """
         p = x.shape[1]
         n, r, k = self.cfg.d_state, self.cfg.rank, self.cfg.d_conv
@@ -286,8 +291,11 @@ class MambaMixer(nn.Module):
             write = dtu[..., None] * Bm.float()[:, None]  # [B, Di, P, N]
             scan_in["write"] = self.hook_ssm_write(write)
         scan = _Scan(scan_in, None if resume is None else resume[1])
+        known = resume[2] if resume is not None and len(resume) > 2 else None
         if self.hook_ssm_state.active:
-            y, last = self._run_state_hook(scan, *scan(return_states=True))
+            y, last = self._run_state_hook(
+                scan, *((None, known) if known is not None else scan(return_states=True))
+            )
         elif cache_out is not None:
             y, last = scan(return_last_state=True)
         else:
@@ -298,10 +306,11 @@ class MambaMixer(nn.Module):
         y = self.hook_scan_out(y.transpose(1, 2))  # [B, P, Di]
         return self.hook_ssm_out(self.out_proj(y))
 
-    def _run_state_hook(self, scan: _Scan, y: Tensor, states: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _run_state_hook(self, scan: _Scan, y: Tensor | None, states: Tensor) -> tuple[Tensor, Tensor | None]:
         """Run `hook_ssm_state` on the scan's y [B, Di, P] and states [B, Di, P, N]; where it changed
         them, re-run the scan with the changes inside the recurrence, from the first changed position on
-        -> (y, the last state; None when P = 0)."""
+        -> (y, the last state; None when P = 0). y None: the scan has not run, the states are known
+        (`forward`'s resume); it then runs once, from the start."""
         version = states._version
         new = self.hook_ssm_state(states)
         if new is not states or states._version != version:
@@ -310,10 +319,12 @@ class MambaMixer(nn.Module):
                     states = scan(return_states=True)[1]
             edit = StateEdit.changes(states, new, dim=2)  # the positions the hook changed, only
             if len(edit):
-                t0 = edit.positions()[0]  # before it nothing changed
+                t0 = edit.positions()[0] if y is not None else 0  # before it nothing changed
                 rest = scan.suffix(t0, states[:, :, t0 - 1]) if t0 else scan
                 tail, last = rest(return_last_state=True, state_edit=edit.shifted(-t0))
-                return torch.cat([y[..., :t0], tail], -1), last
+                return (torch.cat([y[..., :t0], tail], -1) if t0 else tail), last
+        if y is None:
+            return scan(return_last_state=True)
         return y, (states[:, :, -1] if states.shape[2] else None)
 
 
@@ -424,26 +435,53 @@ def ssm_recorders(mixer, name: str, mask: Tensor | None, conv_in: dict, ssm: dic
     ]
 
 
+def seen_recorder(name: str, seen: dict, key) -> tuple:
+    """A `hooks_first` hook recording, under `key`, what an SSM mixer's (`blocks.{l}.mixer`: name)
+    hook_ssm_state receives; `seen_states` reads it back."""
+    return (f"{name}.hook_ssm_state", lambda act, hook: seen.__setitem__(key, (act, act._version)))
+
+
+def seen_states(seen: dict, key) -> Tensor | None:
+    """The states `seen_recorder` recorded under `key`; None if a later hook edited them in place."""
+    if key not in seen:
+        return None
+    act, version = seen[key]
+    return act if act._version == version else None
+
+
 def record_resume(model, tokens: Tensor, attention_mask: Tensor | None) -> MambaResume:
     """One forward of tokens [B, P] recording what `resume_ssm` restarts from: each block's input before
     any user hook edits it (a resumed pass sends it through the hook again), the conv inputs and states
     after (it reads them as they are)."""
     mask = None if attention_mask is None else attention_mask.to(model.embed.weight.dtype)
-    resid, conv_in, states = {}, {}, {}
+    resid, conv_in, states, seen = {}, {}, {}, {}
     inputs, hooks = [], []
     for i, block in enumerate(model.blocks):
         inputs.append((f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act)))
+        inputs.append(seen_recorder(f"blocks.{i}.mixer", seen, i))
         hooks += ssm_recorders(block.mixer, f"blocks.{i}.mixer", mask, conv_in, states, i)
     with torch.no_grad(), model.hooks_first(inputs):
         logits = model.run_with_hooks(tokens, attention_mask, fwd_hooks=hooks)
     layers = range(len(model.blocks))
     return MambaResume(
-        logits, [resid[i] for i in layers], [conv_in[i] for i in layers], [states[i] for i in layers], mask
+        logits,
+        [resid[i] for i in layers],
+        [conv_in[i] for i in layers],
+        [states[i] for i in layers],
+        mask,
+        [seen_states(seen, i) for i in layers],
     )
 
 
 def resume_ssm(
-    model, state, layer: int, pos: int, copies: int = 1, single: bool = False, run_block=None
+    model,
+    state,
+    layer: int,
+    pos: int,
+    copies: int = 1,
+    single: bool = False,
+    run_block=None,
+    patched_hooks: frozenset[str] = frozenset(),
 ) -> Tensor:
     """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`, position
     `pos`: blocks < layer do not run; each block >= layer continues from its recorded conv window and
@@ -452,8 +490,12 @@ def resume_ssm(
 
     single: block `layer` runs on position `pos` alone and the later positions of its output are the
     recorded ones; right for a patch of a `POSITION_LOCAL` hook, which changes nothing else there.
-    run_block(i, x, end) -> block i's output on positions pos..end-1 (default: an SSM block resumed from
-    its recording; the hybrid passes one for each kind of layer)."""
+    patched_hooks: the hooks the caller patches. When that is block `layer`'s hook_ssm_state alone, its
+    input there is the recorded one (block `layer` runs on the recorded input), so the mixer takes it from
+    the recording instead of scanning for it (`states_known`).
+    run_block(i, x, end, seen) -> block i's output on positions pos..end-1, given the states its
+    hook_ssm_state receives or None (default: an SSM block resumed from its recording; the hybrid passes
+    one for each kind of layer)."""
     b, n, _ = state.resid[0].shape
     if not (0 <= layer < len(model.blocks) and 0 <= pos < n):
         raise ValueError(
@@ -462,21 +504,22 @@ def resume_ssm(
         )
     rep = lambda t: repeat_copies(t, copies)  # noqa: E731
     if run_block is None:
-        run_block = lambda i, x, end: resume_block(  # noqa: E731
-            model.blocks[i], state.conv_in[i], state.ssm[i], state.mask, x, pos, end, copies
+        run_block = lambda i, x, end, seen: resume_block(  # noqa: E731
+            model.blocks[i], state.conv_in[i], state.ssm[i], state.mask, x, pos, end, copies, seen
         )
     head = lambda x: model.lm_head(model.ln_final(x).to(model.lm_head.weight.dtype)).float()  # noqa: E731
     first = layer
     if single:
-        x = run_block(layer, rep(state.resid[layer][:, pos : pos + 1]), pos + 1)  # [K*B, 1, d_model]
+        x = run_block(layer, rep(state.resid[layer][:, pos : pos + 1]), pos + 1, None)  # [K*B, 1, d_model]
         if layer == len(model.blocks) - 1:  # only position pos of the output changed
             return torch.cat([head(x), rep(state.logits[:, pos + 1 :])], 1)
         x = torch.cat([x, rep(state.resid[layer + 1][:, pos + 1 :])], 1)
         first = layer + 1
     else:
         x = rep(state.resid[layer][:, pos:])
+    known = not single and patched_hooks == {f"blocks.{layer}.mixer.hook_ssm_state"}
     for i in range(first, len(model.blocks)):
-        x = run_block(i, x, n)
+        x = run_block(i, x, n, state.seen[i] if known and i == layer else None)
     return head(x)
 
 
@@ -485,13 +528,18 @@ def repeat_copies(t: Tensor, copies: int) -> Tensor:
     return t.repeat(copies, *[1] * (t.ndim - 1))
 
 
-def resume_block(block, conv_in: Tensor, ssm: Tensor, mask, x: Tensor, pos: int, end: int, copies: int):
+def resume_block(
+    block, conv_in: Tensor, ssm: Tensor, mask, x: Tensor, pos: int, end: int, copies: int, seen=None
+):
     """An SSM block (Mamba-1 or Mamba-2) on x [copies * B, end - pos, d_model], positions pos..end-1,
-    continuing from its recorded conv inputs [B, C, K - 1 + P] and states (`ssm_recorders`)."""
+    continuing from its recorded conv inputs [B, C, K - 1 + P] and states (`ssm_recorders`). seen: the
+    recorded input of its hook_ssm_state (`MambaResume.seen`), valid when x is the recorded input, or None."""
     rep = lambda t: repeat_copies(t, copies)  # noqa: E731
     k = block.mixer.cfg.d_conv
-    resume = (rep(conv_in[..., pos : pos + k - 1]), rep(ssm[:, :, pos - 1]))
-    return block(x, None, None if mask is None else rep(mask[:, pos:end]), resume if pos else None)
+    resume = (rep(conv_in[..., pos : pos + k - 1]), rep(ssm[:, :, pos - 1])) if pos else None
+    if seen is not None:
+        resume = (*(resume or (None, None)), rep(seen[:, :, pos:end]))
+    return block(x, None, None if mask is None else rep(mask[:, pos:end]), resume)
 
 
 @torch.no_grad()
@@ -610,11 +658,18 @@ class HookedMamba(HookedModel):
         return hook.split(".", 2)[-1] in self.POSITION_LOCAL if hook.startswith("blocks.") else False
 
     def forward_from(
-        self, state: MambaResume, layer: int, pos: int, copies: int = 1, single: bool = False
+        self,
+        state: MambaResume,
+        layer: int,
+        pos: int,
+        copies: int = 1,
+        single: bool = False,
+        patched_hooks: frozenset[str] = frozenset(),
     ) -> Tensor:
         """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`,
-        position `pos` (see `resume_ssm`); single: block `layer` runs on position `pos` alone."""
-        return resume_ssm(self, state, layer, pos, copies, single)
+        position `pos` (see `resume_ssm`); single: block `layer` runs on position `pos` alone;
+        patched_hooks: the hooks the caller patches (see `resume_ssm`)."""
+        return resume_ssm(self, state, layer, pos, copies, single, patched_hooks=patched_hooks)
 
     def prefill(self, prompt: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, MambaCache]:
         """For `generate_greedy`: the prompt in one pass -> (last logits [B, d_vocab], recurrent state)."""

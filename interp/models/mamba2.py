@@ -241,7 +241,9 @@ class Mamba2Mixer(nn.Module):
         resume (`HookedMamba2.forward_from`): (window [B, conv_dim, K - 1], h [B, H, head_dim, N]), the
         conv inputs of the K - 1 positions before x's first and the state after the one before it: x
         continues that sequence (the scan starts from h) and the hooks see what the whole sequence's
-        forward shows from x's first position on (`hook_conv`: its last P + K - 1 positions).
+        forward shows from x's first position on (`hook_conv`: its last P + K - 1 positions). Both None: x
+        starts the sequence. A third entry, states [B, H, P, head_dim, N]: what hook_ssm_state receives,
+        known from a recording (the scan then runs once, after the hook).
         """
         cfg = self.cfg
         b, p = x.shape[:2]
@@ -269,8 +271,9 @@ class Mamba2Mixer(nn.Module):
             x=xs, dt=dt, A=A, B=Bm, C=Cm, D=self.D.float(), dt_limit=cfg.dt_limit, impl=cfg.scan,
             chunk_size=cfg.chunk_size,
         )  # fmt: skip
-        if resume is not None:
+        if resume is not None and resume[1] is not None:
             scan_in["initial_state"] = resume[1]
+        known = resume[2] if resume is not None and len(resume) > 2 else None
         if self.hook_ssm_write.active:
             dts = discretize_dt(dt, None, True, cfg.dt_limit, torch.float32)  # [B, P, H]
             Bh = Bm.float().repeat_interleave(cfg.n_heads // cfg.n_groups, dim=2)  # [B, P, H, N]
@@ -278,7 +281,8 @@ class Mamba2Mixer(nn.Module):
             scan_in["write"] = self.hook_ssm_write(write)
         last = None
         if self.hook_ssm_state.active:
-            y, last = self._run_state_hook(scan_in, *ssd_scan(**scan_in, return_states=True))
+            known_or_scan = (None, known) if known is not None else ssd_scan(**scan_in, return_states=True)
+            y, last = self._run_state_hook(scan_in, *known_or_scan)
         elif cache_out is not None:
             y, last = ssd_scan(**scan_in, return_last_state=True)
         else:
@@ -293,10 +297,13 @@ class Mamba2Mixer(nn.Module):
         y = self.hook_inner_norm(self.norm(y.reshape(b, p, cfg.d_inner).to(x.dtype), z))
         return self.hook_ssm_out(self.out_proj(y))
 
-    def _run_state_hook(self, scan_in: dict, y: Tensor, states: Tensor) -> tuple[Tensor, Tensor | None]:
+    def _run_state_hook(
+        self, scan_in: dict, y: Tensor | None, states: Tensor
+    ) -> tuple[Tensor, Tensor | None]:
         """Run `hook_ssm_state` on the scan's y [B, P, H, head_dim] and states [B, H, P, head_dim, N];
         where it changed them, re-run the scan with the changes inside the recurrence, from the first
-        changed position on -> (y, the last state; None when P = 0)."""
+        changed position on -> (y, the last state; None when P = 0). y None: the scan has not run, the
+        states are known (`forward`'s resume); it then runs once, from the start."""
         version = states._version
         new = self.hook_ssm_state(states)
         if new is not states or states._version != version:
@@ -305,7 +312,7 @@ class Mamba2Mixer(nn.Module):
                     states = ssd_scan(**scan_in, return_states=True)[1]
             edit = StateEdit.changes(states, new, dim=2)  # the positions the hook changed, only
             if len(edit):
-                t0 = edit.positions()[0]  # before it nothing changed: scan from there
+                t0 = edit.positions()[0] if y is not None else 0  # before it nothing changed: scan from there
                 rest = dict(scan_in)
                 if t0:
                     rest.update({k: scan_in[k][:, t0:] for k in ("x", "dt", "B", "C")})
@@ -313,7 +320,9 @@ class Mamba2Mixer(nn.Module):
                     if scan_in.get("write") is not None:
                         rest["write"] = scan_in["write"][:, :, t0:]  # [B, H, P, head_dim, N]
                 tail, last = ssd_scan(**rest, return_last_state=True, state_edit=edit.shifted(-t0))
-                return torch.cat([y[:, :t0], tail], 1), last
+                return (torch.cat([y[:, :t0], tail], 1) if t0 else tail), last
+        if y is None:
+            return ssd_scan(**scan_in, return_last_state=True)
         return y, (states[:, :, -1] if states.shape[2] else None)
 
     def step(self, x: Tensor, conv: Tensor, ssm: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -435,11 +444,18 @@ class HookedMamba2(HookedModel):
         return hook.split(".", 2)[-1] in self.POSITION_LOCAL if hook.startswith("blocks.") else False
 
     def forward_from(
-        self, state: MambaResume, layer: int, pos: int, copies: int = 1, single: bool = False
+        self,
+        state: MambaResume,
+        layer: int,
+        pos: int,
+        copies: int = 1,
+        single: bool = False,
+        patched_hooks: frozenset[str] = frozenset(),
     ) -> Tensor:
         """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`,
-        position `pos` (see `interp.models.mamba.resume_ssm`); single: block `layer` on `pos` alone."""
-        return resume_ssm(self, state, layer, pos, copies, single)
+        position `pos` (see `interp.models.mamba.resume_ssm`); single: block `layer` on `pos` alone;
+        patched_hooks: the hooks the caller patches (see `resume_ssm`)."""
+        return resume_ssm(self, state, layer, pos, copies, single, patched_hooks=patched_hooks)
 
     # ---- recurrent mode -------------------------------------------------------------------------
     def init_cache(self, batch: int) -> Mamba2Cache:

@@ -19,6 +19,9 @@ capability a model offers, not part of the hook contract:
     model.forward_from(..., single=True)    its block, which then runs on position p alone
     model.forward_from(..., readout=rows)   (optional) only the logits at positions `rows` are read: the
                                             rest may be the recorded ones (a `Metric` reads its mask's)
+    model.forward_from(..., patched_hooks=names)   (optional) the hooks the pass patches: what only they
+                                            replace need not be computed (Mamba: the patched layer's
+                                            states come from the recording, not from a scan)
 
 interp's transformer, Mamba, Mamba-2, hybrid and LSTM offer it (`forward_from`); for a model without it
 (a TransformerLens bridge, a user's module) `method="auto"` falls back to `"batched"`.
@@ -91,7 +94,8 @@ def resumed(
         _packed(model, state, specs, list(packed.values()), source_cache, metric, infos, per_forward, out)
     sliced: dict[tuple, Tensor] = {}  # one view per (hook, start, single): the patch hooks share it
     options = {}
-    if isinstance(metric, Metric) and "readout" in inspect.signature(model.forward_from).parameters:
+    accepts = inspect.signature(model.forward_from).parameters
+    if isinstance(metric, Metric) and "readout" in accepts:
         options["readout"] = metric.mask.any(0).nonzero()[:, 0].to(base.device)  # the positions it scores
     for (layer, start, single), members in sorted(groups.items()):
         k_max = per_forward(n - start)
@@ -113,6 +117,8 @@ def resumed(
                 shifted = replace(spec, pos=None if spec.pos is None else spec.pos - start)
                 copies.append([(shifted, sliced[key])])
             k = len(chunk)
+            if "patched_hooks" in accepts:
+                options["patched_hooks"] = frozenset(specs[i].hook for i in chunk)
             with model.hooks(fwd_hooks=list(patch_hooks(copies, b, infos).items())):
                 tail = model.forward_from(
                     state, layer, start, copies=k, **options, **({"single": True} if single else {})
