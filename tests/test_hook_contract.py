@@ -404,3 +404,26 @@ def test_checkpoints_written_before_the_contract_still_load_and_give_the_same_lo
     logits = model(torch.tensor(expected["tokens"]))[0, -1]
     torch.testing.assert_close(logits, torch.tensor(expected["last_logits"][arch]), atol=1e-5, rtol=0)
     assert hook_info(model, "blocks.0.hook_resid_pre" if arch != "lstm" else "blocks.0.hook_hidden").pos == 1
+
+
+def test_attached_hooks_run_in_order_and_leave_the_others():
+    """`interp.hooks.attached` (what resumed patching passes use in place of `model.hooks`): its hooks run
+    after (or, prepend, before) hooks already on the point, and on exit only they are removed."""
+    from interp.hooks import attached  # noqa: PLC0415
+    from interp.models import build_model  # noqa: PLC0415
+
+    model = build_model("transformer", d_vocab=7, d_model=8, n_layers=1, n_heads=2).eval()
+    tokens = torch.tensor([[1, 2, 3]])
+    order = []
+    name = "blocks.0.hook_resid_pre"
+    model.hook_dict[name].add_perma_hook(lambda act, hook: order.append("user"))
+    with model.hooks(fwd_hooks=[(name, lambda act, hook: order.append("context"))]):
+        last = [(name, lambda act, hook: order.append("last"))]
+        first = [(name, lambda act, hook: order.append("first"))]
+        with attached(model, last), attached(model, first, prepend=True):
+            model(tokens)
+        assert order == ["first", "user", "context", "last"]
+        order.clear()
+        model(tokens)
+        assert order == ["user", "context"]
+    model.reset_hooks(including_permanent=True)

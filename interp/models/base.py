@@ -20,7 +20,7 @@ from transformer_lens import HookedRootModule
 from transformer_lens.hook_points import HookPoint
 
 from interp.generation import decodes_incrementally, greedy_steps
-from interp.hooks import HookInfo, UnknownHookError, axes_of, check_hook_name, check_tokens
+from interp.hooks import HookInfo, UnknownHookError, attached, axes_of, check_hook_name, check_tokens
 
 __all__ = ["Hook", "HookedModel", "StateSize", "UnknownHookError"]
 
@@ -94,16 +94,8 @@ class HookedModel(HookedRootModule):
         """Forward hooks that run before any hook already attached (TransformerLens' `prepend=True`), so
         they see each activation as the forward computed it, before a user's hook edits it; removed on
         exit. Resumed forwards record what their hooks will see again this way (`resume_state`)."""
-        level = -id(self)  # a context level of our own: remove_hooks(level=) takes only these
-        points = []
-        try:
-            for name, fn in fwd_hooks:
-                self.hook_dict[name].add_hook(fn, dir="fwd", level=level, prepend=True)
-                points.append(self.hook_dict[name])
+        with attached(self, list(fwd_hooks), prepend=True):
             yield
-        finally:
-            for point in points:
-                point.remove_hooks("fwd", level=level)
 
     # ---- inputs -------------------------------------------------------------------------------
     def check_tokens(self, tokens: Tensor) -> None:

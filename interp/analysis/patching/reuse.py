@@ -41,7 +41,7 @@ from torch import Tensor
 from interp.analysis.patching.memory import copies_per_forward, resumed_bytes
 from interp.analysis.patching.metrics import Metric
 from interp.analysis.patching.spec import PatchSpec
-from interp.hooks import HookInfo
+from interp.hooks import HookInfo, attached
 
 
 def can_resume(model) -> bool:
@@ -119,7 +119,7 @@ def resumed(
             k = len(chunk)
             if "patched_hooks" in accepts:
                 options["patched_hooks"] = frozenset(specs[i].hook for i in chunk)
-            with model.hooks(fwd_hooks=list(patch_hooks(copies, b, infos).items())):
+            with attached(model, list(patch_hooks(copies, b, infos).items())):
                 tail = model.forward_from(
                     state, layer, start, copies=k, **options, **({"single": True} if single else {})
                 )
@@ -144,7 +144,7 @@ def _packed(model, state, specs, packs, source_cache, metric, infos, per_forward
         chunk = packs[c : c + k_max]
         copies = [[(specs[i], source_cache[specs[i].hook]) for i in pack] for pack in chunk]
         k = len(chunk)
-        with model.hooks(fwd_hooks=list(patch_hooks(copies, b, infos).items())):
+        with attached(model, list(patch_hooks(copies, b, infos).items())):
             logits = model.forward_from(state, layer, 0, copies=k)
         patched_pp = metric.per_position(logits).float().cpu().view(k, b, n)
         for j, pack in enumerate(chunk):
