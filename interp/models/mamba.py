@@ -262,7 +262,7 @@ class MambaMixer(nn.Module):
         # [B, Di, P + K - 1]; a resumed forward's window replaces the left zero padding
         conv = depthwise_conv(xs, self.conv1d.weight, self.conv1d.bias, None if resume is None else resume[0])
         conv = self.hook_conv(conv.contiguous() if self.hook_conv.active else conv)  # a hook may .view it
-        u = F.silu(conv[..., :p]).transpose(1, 2)
+        u = F.silu(conv.transpose(1, 2)[:, :p])  # [B, P, Di], sliced in this order (see Mamba-2's mixer)
         if mask is not None:  # u = 0 makes B = 0 and the write dt * u * B = 0: no state change
             u = u * mask[..., None]
         u = self.hook_ssm_in(u)  # [B, P, Di]

@@ -256,7 +256,9 @@ class Mamba2Mixer(nn.Module):
             xbc, self.conv1d.weight, self.conv1d.bias, None if resume is None else resume[0]
         )
         conv = self.hook_conv(conv.contiguous() if self.hook_conv.active else conv)  # a hook may .view it
-        xbc_act = conv[..., :p].transpose(1, 2)  # [B, P, conv_dim]
+        # sliced in [B, P, C] order: slicing [B, C, P] made its backward allocate the gradient channels-first,
+        # which depthwise_conv's backward then had to transpose
+        xbc_act = conv.transpose(1, 2)[:, :p]  # [B, P, conv_dim]
         if conv.is_contiguous():  # channels first (F.conv1d, or a hook's): SiLU's backward is 3x faster
             xbc_act = xbc_act.contiguous()  # on [B, P, C] in memory order
         xbc_act = F.silu(xbc_act)
