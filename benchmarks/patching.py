@@ -25,7 +25,9 @@ depend on the weights. Methods, all `activation_patching` unless said:
 "reuse" runs the whole grid. "batched", "loop" and "tl" cost the same for every patch, so they run a
 seeded sample of `--sample` patches and report seconds scaled to the full grid. Correctness is checked
 on the sample first: reuse and batched against the loop. Each method runs once, timed (`--repeats N`:
-the median of N interleaved runs). Peak memory: the most tensor memory a method held at once
+the median of N interleaved runs). On grids up to `--flops-max-patches` patches (not Mamba, whose scans are
+not matrix products) the loop's and reuse's matrix-product FLOPs per patch are counted too
+(`torch.utils.flop_counter`): their ratio is what reuse would reach with no per-operation overhead. Peak memory: the most tensor memory a method held at once
 (`patching.memory.peak_tensor_bytes`), measured on a separate run over a few patches including the
 longest passes (the first positions). Timings on a shared CPU vary with the load of other processes
 (the header reports it).
@@ -155,6 +157,20 @@ def tl_runner(model, clean, corrupt, metric, specs):
     return run
 
 
+def matmul_flops(fn) -> int:
+    """FLOPs of fn()'s matrix products (linear layers, einsums, attention) as `torch.utils.flop_counter`
+    counts them; attention counts every key it is given, masked or not, CPU attention included."""
+    from torch.utils import flop_counter  # noqa: PLC0415
+
+    def attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    cpu_attention = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: attention}
+    with flop_counter.FlopCounterMode(display=False, custom_mapping=cpu_attention) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -186,6 +202,12 @@ def run_case(case: Case, args) -> dict:
         assert d < 1e-4, f"{m} and loop patching disagree by {d} on {case}"
     if "tl" in out:
         diffs["tl"] = float((out["tl"].flatten().cpu() - loop).abs().max())
+    flops = None  # loop / reuse FLOPs per patch: the speed-up a run with no per-op overhead would reach
+    if case.family != "mamba" and n <= args.flops_max_patches:  # a scan's work is not matrix products
+        per_patch = {
+            m: matmul_flops(fns[m]) / len(chosen if m in SAMPLED else specs) for m in ("loop", "reuse")
+        }
+        flops = per_patch["loop"] / per_patch["reuse"]
     corr = float("nan")
     if case.model == "hash-copy":
         corr = float(out["reuse"].effect.corr(out["attribution"].effect))
@@ -197,7 +219,7 @@ def run_case(case: Case, args) -> dict:
             for m in methods
             if m != "attribution"
         }
-    return dict(case=case, n=n, sec=sec, diffs=diffs, corr=corr, mem=mem)
+    return dict(case=case, n=n, sec=sec, diffs=diffs, corr=corr, mem=mem, flops=flops)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
         "--sample", type=int, default=64, help="patches timed for batched, loop and tl (scaled to the grid)"
     )
     p.add_argument("--train-steps", type=int, default=150, help="copy-task training steps per model")
+    p.add_argument(
+        "--flops-max-patches",
+        type=int,
+        default=2100,
+        help="count reuse's and the loop's FLOPs (a run of the whole grid) on grids up to this many patches",
+    )
     p.add_argument(
         "--families", nargs="+", default=["hash", "transformer", "mamba"], help="which models to run"
     )
@@ -272,6 +300,13 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
         print("  per case: " + ", ".join(f"{label(r['case'])}: {x:.1f}x" for r, x in zip(results, ratios)))
+    counted = [r for r in results if r["flops"]]
+    if counted:
+        print(
+            "\nloop / reuse in matrix-product FLOPs per patch (what reuse could reach with no overhead per "
+            "operation; Mamba's scans are not matrix products): "
+            + ", ".join(f"{label(r['case'])}: {r['flops']:.1f}x" for r in counted)
+        )
     attr = [r["sec"]["loop"] / r["sec"]["attribution"] for r in results]
     print(f"ratio loop / attribution patching: {min(attr):.0f}x-{max(attr):.0f}x")
     corrs = [r["corr"] for r in results if r["corr"] == r["corr"]]
