@@ -44,6 +44,15 @@ def pair_inputs(clean, corrupt, shifts=None):
     return c_tok, x_tok, Metric("logit_diff", ans, mask.bool(), wr), attn
 
 
+def sharpened(model, dtype=torch.float64):
+    """model in eval mode and `dtype`, every weight tripled: a random init's logits nearly tie, so patch
+    effects would be tiny and equal-looking."""
+    model = model.eval()
+    for p in model.parameters():
+        p.data.mul_(3)
+    return model.to(dtype)
+
+
 def assert_same(a, b, dtype):
     """Patched metrics agree to 1e-5: per example in float64; in float32 the mean over examples (per
     example, float32 rounding of logit differences of size ~50 reaches 2e-5: other summation orders)."""
@@ -199,10 +208,7 @@ def test_mamba_reuse_equals_loop(arch, grid, dtype, padded):
     """Mamba-1 and -2: each block restarts at p from its recorded conv window and SSM state after p - 1;
     a state patch at t still feeds the recurrence (the loop's semantics). Mamba-2: heads for channels."""
     torch.manual_seed(3)
-    model = build_model(arch, d_vocab=TASK.vocab.size, **MAMBAS[arch]).eval()
-    for p in model.parameters():
-        p.data.mul_(3)
-    model = model.to(dtype)
+    model = sharpened(build_model(arch, d_vocab=TASK.vocab.size, **MAMBAS[arch]), dtype)
     clean, corrupt = paired_batches(TASK, 3, 5)
     c_tok, x_tok, metric, attn = pair_inputs(clean, corrupt, [0, 2, 5] if padded else None)
     specs = mamba_grids(model, c_tok.shape[1])[grid]
@@ -343,9 +349,7 @@ def test_reuse_equals_loop_with_user_hooks_editing(arch):
         model = build_model("mamba", n_layers=2, d_state=4, **kw)
     else:
         model = build_model("hybrid", layers=["mamba", "attn", "attn"], n_heads=2, d_state=4, **kw)
-    model = model.eval().double()
-    for p in model.parameters():
-        p.data.mul_(3)
+    model = sharpened(model)
     clean, corrupt = paired_batches(TASK, 2, 5)
     metric = make_metric("logit_diff", clean, corrupt)
     n = clean.tokens.shape[1]
@@ -407,10 +411,8 @@ def test_hybrid_reuse_equals_loop(positional, padded):
         d_state=4,
         head_dim=8,
         positional=positional,
-    ).eval()
-    for p in model.parameters():
-        p.data.mul_(3)
-    model = model.double()
+    )
+    model = sharpened(model)
     clean, corrupt = paired_batches(TASK, 3, 5)
     c_tok, x_tok, metric, attn = pair_inputs(clean, corrupt, [0, 2, 5] if padded else None)
     n = c_tok.shape[1]
@@ -450,9 +452,7 @@ def test_state_patches_take_the_patched_layers_states_from_the_recording(arch, m
         )
     else:
         model = build_model(arch, **MAMBAS[arch], d_vocab=TASK.vocab.size)
-    model = model.eval().double()
-    for p in model.parameters():
-        p.data.mul_(3)
+    model = sharpened(model)
     clean, corrupt = paired_batches(TASK, 2, 5)
     metric = make_metric("logit_diff", clean, corrupt)
     n = clean.tokens.shape[1]

@@ -569,7 +569,38 @@ def init_mamba_mixer(mixer: MambaMixer, cfg: MambaConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------
-class HookedMamba(HookedModel):
+class ResumesSSM:
+    """What `interp.analysis.patching.reuse` asks of a model, for the pure SSM models (`HookedMamba`,
+    `HookedMamba2`): record one forward, say which hooks are position-local, resume from the recording
+    (`resume_ssm`)."""
+
+    POSITION_LOCAL: ClassVar[frozenset[str]] = POSITION_LOCAL
+
+    def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> MambaResume:
+        """One forward of tokens [B, P] recording what `forward_from` restarts from."""
+        return record_resume(self, tokens, attention_mask)
+
+    def position_local(self, hook: str) -> bool:
+        """Whether a patch of `hook` at position p changes only position p of its own block (so
+        `forward_from(..., single=True)` may run that block on position p alone)."""
+        return hook.split(".", 2)[-1] in self.POSITION_LOCAL if hook.startswith("blocks.") else False
+
+    def forward_from(
+        self,
+        state: MambaResume,
+        layer: int,
+        pos: int,
+        copies: int = 1,
+        single: bool = False,
+        patched_hooks: frozenset[str] = frozenset(),
+    ) -> Tensor:
+        """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`,
+        position `pos` (see `resume_ssm`); single: block `layer` runs on position `pos` alone;
+        patched_hooks: the hooks the caller patches (see `resume_ssm`)."""
+        return resume_ssm(self, state, layer, pos, copies, single, patched_hooks=patched_hooks)
+
+
+class HookedMamba(ResumesSSM, HookedModel):
     """Mamba-1 language model with TransformerLens hooks; see the module docstring for hook names,
     the state-patching semantics and the Hugging Face parameter names."""
 
@@ -648,32 +679,6 @@ class HookedMamba(HookedModel):
             ssms.append(h)
         logits = self.lm_head(self.ln_final(x)).float()
         return logits, MambaCache(conv=torch.stack(convs), ssm=torch.stack(ssms), n_tokens=cache.n_tokens + 1)
-
-    # ---- resuming a forward (`interp.analysis.patching.reuse`, see `resume_ssm`) -----------------
-    def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> MambaResume:
-        """One forward of tokens [B, P] recording what `forward_from` restarts from."""
-        return record_resume(self, tokens, attention_mask)
-
-    POSITION_LOCAL: ClassVar[frozenset[str]] = POSITION_LOCAL
-
-    def position_local(self, hook: str) -> bool:
-        """Whether a patch of `hook` at position p changes only position p of its own block (so
-        `forward_from(..., single=True)` may run that block on position p alone)."""
-        return hook.split(".", 2)[-1] in self.POSITION_LOCAL if hook.startswith("blocks.") else False
-
-    def forward_from(
-        self,
-        state: MambaResume,
-        layer: int,
-        pos: int,
-        copies: int = 1,
-        single: bool = False,
-        patched_hooks: frozenset[str] = frozenset(),
-    ) -> Tensor:
-        """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`,
-        position `pos` (see `resume_ssm`); single: block `layer` runs on position `pos` alone;
-        patched_hooks: the hooks the caller patches (see `resume_ssm`)."""
-        return resume_ssm(self, state, layer, pos, copies, single, patched_hooks=patched_hooks)
 
     def prefill(self, prompt: Tensor, attention_mask: Tensor | None) -> tuple[Tensor, MambaCache]:
         """For `generate_greedy`: the prompt in one pass -> (last logits [B, d_vocab], recurrent state)."""

@@ -58,11 +58,8 @@ from interp.config import Config
 from interp.models.base import Hook, HookedModel, StateSize
 from interp.models.conv import depthwise_conv
 from interp.models.mamba import (
-    POSITION_LOCAL,
-    MambaResume,
+    ResumesSSM,
     RMSNorm,
-    record_resume,
-    resume_ssm,
     ssm_lm_forward,
 )
 from interp.models.ssd import IMPLS, discretize_dt, layer_attention, ssd_scan
@@ -393,7 +390,7 @@ def init_mamba2_mixer(mixer: Mamba2Mixer, cfg: Mamba2Config) -> None:
         mixer.out_proj.weight /= math.sqrt(cfg.n_layers)
 
 
-class HookedMamba2(HookedModel):
+class HookedMamba2(ResumesSSM, HookedModel):
     """Mamba-2 language model with TransformerLens hooks; see the module docstring for hook names and
     the state-patching semantics.
 
@@ -433,31 +430,6 @@ class HookedMamba2(HookedModel):
         attention_mask [B, P] (1 = token, 0 = left padding): the state stays zero through the padding.
         """
         return ssm_lm_forward(self, tokens, attention_mask, return_cache, logits_to_keep, Mamba2Cache)
-
-    # ---- resuming a forward (`interp.analysis.patching.reuse`; shared with Mamba-1: `resume_ssm`) ----
-    def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> MambaResume:
-        """One forward of tokens [B, P] recording what `forward_from` restarts from."""
-        return record_resume(self, tokens, attention_mask)
-
-    POSITION_LOCAL: ClassVar[frozenset[str]] = POSITION_LOCAL
-
-    def position_local(self, hook: str) -> bool:
-        """Whether a patch of `hook` at position p changes only position p of its own block."""
-        return hook.split(".", 2)[-1] in self.POSITION_LOCAL if hook.startswith("blocks.") else False
-
-    def forward_from(
-        self,
-        state: MambaResume,
-        layer: int,
-        pos: int,
-        copies: int = 1,
-        single: bool = False,
-        patched_hooks: frozenset[str] = frozenset(),
-    ) -> Tensor:
-        """Logits [copies * B, P - pos, d_vocab] of the recorded forward resumed at block `layer`,
-        position `pos` (see `interp.models.mamba.resume_ssm`); single: block `layer` on `pos` alone;
-        patched_hooks: the hooks the caller patches (see `resume_ssm`)."""
-        return resume_ssm(self, state, layer, pos, copies, single, patched_hooks=patched_hooks)
 
     # ---- recurrent mode -------------------------------------------------------------------------
     def init_cache(self, batch: int) -> Mamba2Cache:
