@@ -440,7 +440,9 @@ def test_state_patches_take_the_patched_layers_states_from_the_recording(arch, m
     """A pass patching only its layer's hook_ssm_state hands the hook the recorded states instead of
     scanning for them (`patched_hooks`): equal to the loop and to the pass that scans, no scan that
     materialises the states, and a corrupted recording changes the result. A user hook on that same hook
-    editing in place leaves no recording to use (`MambaResume.seen` None), and reuse still equals the loop."""
+    editing in place leaves no recording to use (`MambaResume.seen` None); one that returns its input
+    scaled is applied to the recorded input, as the loop applies it to the unpatched states. Reuse equals
+    the loop with either."""
     import interp.models.mamba as mamba1  # noqa: PLC0415
     import interp.models.mamba2 as mamba2  # noqa: PLC0415
 
@@ -497,10 +499,14 @@ def test_state_patches_take_the_patched_layers_states_from_the_recording(arch, m
     def halve_in_place(act, hook):  # the last position: the same one in a resumed pass, which sees P - p
         act[:, :, -1] *= 0.5
 
-    model.hook_dict[hook].add_perma_hook(halve_in_place)
-    try:
-        assert model.resume_state(clean.tokens).seen[layer] is None
-        edited = activation_patching(*args, mode="noise", method="reuse")
-        assert_same(edited, activation_patching(*args, mode="noise", method="loop"), torch.float64)
-    finally:
-        model.reset_hooks(including_permanent=True)
+    def scale(act, hook):  # every position, relative to what the hook receives
+        return act * 0.9
+
+    for user_hook, recorded in ((halve_in_place, False), (scale, True)):
+        model.hook_dict[hook].add_perma_hook(user_hook)
+        try:
+            assert (model.resume_state(clean.tokens).seen[layer] is not None) == recorded
+            edited = activation_patching(*args, mode="noise", method="reuse")
+            assert_same(edited, activation_patching(*args, mode="noise", method="loop"), torch.float64)
+        finally:
+            model.reset_hooks(including_permanent=True)

@@ -492,7 +492,7 @@ def resume_ssm(
     recorded ones; right for a patch of a `POSITION_LOCAL` hook, which changes nothing else there.
     patched_hooks: the hooks the caller patches. When that is block `layer`'s hook_ssm_state alone, its
     input there is the recorded one (block `layer` runs on the recorded input), so the mixer takes it from
-    the recording instead of scanning for it (`states_known`).
+    the recording (`MambaResume.seen`) instead of scanning for it.
     run_block(i, x, end, seen) -> block i's output on positions pos..end-1, given the states its
     hook_ssm_state receives or None (default: an SSM block resumed from its recording; the hybrid passes
     one for each kind of layer)."""
