@@ -376,7 +376,7 @@ def _chunked_states(xf, dtf, Af, Bf, Cf, h0, q: int, write, edit: StateEdit | No
         cum = a[:, :, s0:s1].cumsum(-1)  # [B, H, S]
         hs = torch.einsum("bhts,bhspn->bhtpn", _causal_decay(cum), w)
         hs = hs + torch.exp(cum)[..., None, None] * state[:, :, None]
-        edited = [t for t in times[bisect_left(times, s0) : bisect_left(times, s1)]]
+        edited = times[bisect_left(times, s0) : bisect_left(times, s1)]
         if edited:
             # from the first edit on, one position at a time; the positions before it keep the values
             # computed above, bit for bit the unedited run's (so a patch never changes an earlier output)
