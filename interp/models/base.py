@@ -88,6 +88,14 @@ class HookedModel(HookedRootModule):
 
     arch: ClassVar[str]
     cfg: Any
+    # hook names within a block (e.g. "attn.hook_z") where a patch at position p changes only position p of
+    # that block (`interp.analysis.patching.reuse`); a model whose forward can resume sets its own
+    POSITION_LOCAL: ClassVar[frozenset[str]] = frozenset()
+
+    def position_local(self, hook: str) -> bool:
+        """Whether a patch of `hook` at position p changes only position p of its own block (so
+        `forward_from(..., single=True)` may run that block on position p alone)."""
+        return hook.split(".", 2)[-1] in self.POSITION_LOCAL if hook.startswith("blocks.") else False
 
     @contextmanager
     def hooks_first(self, fwd_hooks: Iterable[tuple[str, Callable]]):

@@ -571,19 +571,14 @@ def init_mamba_mixer(mixer: MambaMixer, cfg: MambaConfig) -> None:
 # ---------------------------------------------------------------------------------------------
 class ResumesSSM:
     """What `interp.analysis.patching.reuse` asks of a model, for the pure SSM models (`HookedMamba`,
-    `HookedMamba2`): record one forward, say which hooks are position-local, resume from the recording
-    (`resume_ssm`)."""
+    `HookedMamba2`): record one forward, name the position-local hooks (`HookedModel.position_local` reads
+    them), resume from the recording (`resume_ssm`)."""
 
     POSITION_LOCAL: ClassVar[frozenset[str]] = POSITION_LOCAL
 
     def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> MambaResume:
         """One forward of tokens [B, P] recording what `forward_from` restarts from."""
         return record_resume(self, tokens, attention_mask)
-
-    def position_local(self, hook: str) -> bool:
-        """Whether a patch of `hook` at position p changes only position p of its own block (so
-        `forward_from(..., single=True)` may run that block on position p alone)."""
-        return hook.split(".", 2)[-1] in self.POSITION_LOCAL if hook.startswith("blocks.") else False
 
     def forward_from(
         self,

@@ -538,11 +538,6 @@ class HookedTransformer(HookedModel):
 
     POSITION_LOCAL: ClassVar[frozenset[str]] = POSITION_LOCAL
 
-    def position_local(self, hook: str) -> bool:
-        """Whether a patch of `hook` at position p changes only position p of its own block (so
-        `forward_from(..., single=True)` may run that block on position p alone)."""
-        return hook.split(".", 2)[-1] in self.POSITION_LOCAL if hook.startswith("blocks.") else False
-
     def forward_from(
         self,
         state: ResumeState,
