@@ -232,6 +232,7 @@ def attached(model: Any, fwd_hooks: Iterable[tuple[str, Callable]], prepend: boo
     points = []
     try:
         for name, fn in fwd_hooks:
+            check_hook_name(model, name)  # an unknown name gets the closest real ones, not a KeyError
             model.hook_dict[name].add_hook(fn, dir="fwd", level=level, prepend=prepend)
             points.append(model.hook_dict[name])
         yield model

@@ -409,7 +409,7 @@ def test_checkpoints_written_before_the_contract_still_load_and_give_the_same_lo
 def test_attached_hooks_run_in_order_and_leave_the_others():
     """`interp.hooks.attached` (what resumed patching passes use in place of `model.hooks`): its hooks run
     after (or, prepend, before) hooks already on the point, and on exit only they are removed."""
-    from interp.hooks import attached  # noqa: PLC0415
+    from interp.hooks import UnknownHookError, attached  # noqa: PLC0415
     from interp.models import build_model  # noqa: PLC0415
 
     model = build_model("transformer", d_vocab=7, d_model=8, n_layers=1, n_heads=2).eval()
@@ -427,3 +427,8 @@ def test_attached_hooks_run_in_order_and_leave_the_others():
         model(tokens)
         assert order == ["user", "context"]
     model.reset_hooks(including_permanent=True)
+    with (
+        pytest.raises(UnknownHookError, match="blocks.0.hook_resid_pre"),
+        attached(model, [("blocks.0.hook_resid", print)]),
+    ):
+        pass
