@@ -11,6 +11,8 @@ from interp.analysis.patching import (
     paired_batches,
     patch_specs,
 )
+from interp.analysis.patching.memory import _as_patched
+from interp.hooks import run_and_cache
 from interp.models import build_model
 from interp.models.hash_copy import build_hash_copy
 from interp.tasks import TaskConfig
@@ -251,7 +253,12 @@ def test_reuse_with_a_hook_watching_the_next_blocks_queries(models):
     finally:
         model.reset_hooks(including_permanent=True)
     assert_same(reuse, loop, torch.float32)
-    assert {n - p for p in range(n)} <= set(seen)  # every resumed pass computed all its positions
+    z = [
+        run_and_cache(model, t, ["blocks.0.attn.hook_z"])[1]["blocks.0.attn.hook_z"][:, :, 1]
+        for t in args[1:3]
+    ]
+    runs = [p for p in range(n) if not torch.equal(z[0][:, p], z[1][:, p])]  # the rest are no-ops: not run
+    assert {n - p for p in runs} <= set(seen)  # every pass computed all its positions
     plain = activation_patching(*args, mode="noise", method="reuse")  # unwatched: the recorded ones
     assert_same(plain, loop, torch.float32)
 
@@ -510,3 +517,62 @@ def test_state_patches_take_the_patched_layers_states_from_the_recording(arch, m
             assert_same(edited, activation_patching(*args, mode="noise", method="loop"), torch.float64)
         finally:
             model.reset_hooks(including_permanent=True)
+
+
+@pytest.mark.parametrize("method", ["reuse", "batched"])
+@pytest.mark.parametrize("arch", ["transformer", "mamba", "lstm"])
+def test_patches_before_the_first_difference_are_not_run(arch, method, monkeypatch):
+    """A minimal pair (the corrupted tokens differ from position d on): a patch at p < d writes the
+    value the base run already has, so it is skipped and gets the base's metric exactly; the rest still
+    equals the loop. Example 0 differs only from d + 3: its patches at d..d+2 are no-ops for it alone."""
+    torch.manual_seed(4)
+    kw = {"mamba": dict(d_state=4), "transformer": dict(n_heads=4), "lstm": {}}[arch]
+    model = sharpened(build_model(arch, d_vocab=TASK.vocab.size, d_model=16, n_layers=2, **kw))
+    clean, corrupt = paired_batches(TASK, 3, 6)
+    d = 5
+    x_tok = clean.tokens.clone()
+    x_tok[:, d:] = corrupt.tokens[:, d:]
+    x_tok[0, d : d + 3] = clean.tokens[0, d : d + 3]
+    answers = clean.tokens.roll(-1, 1)
+    metric = Metric("logit_diff", answers, clean.score_mask.bool(), x_tok.roll(-1, 1))
+    component = {"transformer": "resid_pre", "mamba": "ssm_state", "lstm": "hidden"}[arch]
+    n = x_tok.shape[1]
+    specs = patch_specs(model, component, positions=True, n_pos=n)
+    passes = []  # reuse: the start of each patched pass; batched: the copies of each patched forward
+    if method == "reuse":
+        original = model.forward_from
+
+        def counted(state, layer, pos, **options):
+            if "copies" in options:  # not the memory probe
+                passes.append(pos)
+            return original(state, layer, pos, **options)
+
+        monkeypatch.setattr(model, "forward_from", counted)
+    else:
+        original = model.run_with_hooks
+
+        def counted(tokens, fwd_hooks, **options):
+            if fwd_hooks[0][1] is not _as_patched:  # not the memory probe
+                passes.append(tokens.shape[0] // 3)
+            return original(tokens, fwd_hooks=fwd_hooks, **options)
+
+        monkeypatch.setattr(model, "run_with_hooks", counted)
+    args = (model, clean.tokens, x_tok, metric, specs)
+    fast = activation_patching(*args, mode="noise", method=method, max_batch=3)
+    ran = list(passes)  # the loop below runs forwards too
+    loop = activation_patching(*args, mode="noise", method="loop")
+    assert_same(fast, loop, torch.float64)
+    # a no-op for example b: the input up to p is the same (a transformer's embedding: the token at p)
+    same = clean.tokens == x_tok
+    prefix = same.cumprod(1).bool()
+    noop = torch.stack(
+        [same[:, s.pos] if arch == "transformer" and s.layer == 0 else prefix[:, s.pos] for s in specs]
+    )
+    per_fast, per_loop = (torch.tensor(df.attrs["per_example_effect"]) for df in (fast, loop))
+    assert torch.equal(per_fast[noop], per_loop[noop])  # the base's own value: no rounding at all
+    assert (per_fast[noop] == 0).all() and (per_fast[~noop] != 0).any()
+    assert noop[:, 0].sum() > noop[:, 1:].sum(0).max()  # example 0 has the most: partial no-ops
+    if method == "reuse":
+        assert ran and min(ran) >= d  # every pass starts at or after the first difference
+    else:  # one copy for each patch that changes some example
+        assert sum(ran) == int((~noop.all(1)).sum()) < len(specs)

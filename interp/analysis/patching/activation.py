@@ -66,7 +66,8 @@ def activation_patching(
     declare_axes(model, axes)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
-    run = prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_mask)
+    # the loop stays the plain reference: it runs every patch, no-ops included
+    run = prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_mask, method != "loop")
     b = run.base.shape[0]
     budget = budget_bytes(max_memory, run.base.device)
     max_copies = max(1, max_batch // b)
@@ -87,8 +88,8 @@ def activation_patching(
         per_forward(list(range(len(specs))))  # one patch per forward must fit too
         values = _loop(model, run.base, specs, run.source_cache, metric, run.infos, attention_mask)
         return frame(specs, values, run)
-    values = torch.empty(len(specs), b)
-    rest = list(range(len(specs)))
+    values = run.base_values.cpu().expand(len(specs), b).clone()  # a no-op patch leaves the base's value
+    rest = run.unchanged.all(1).logical_not().nonzero()[:, 0].tolist()  # the patches worth a forward
     if method == "reuse":
         idx = [i for i in rest if start_of(model, specs[i], run.infos[specs[i].hook]) is not None]
         if idx:
@@ -112,6 +113,7 @@ def activation_patching(
             .float()
             .cpu()
         )
+    values = torch.where(run.unchanged, run.base_values.cpu(), values)  # exactly, not up to rounding
     return frame(specs, values, run)
 
 
@@ -181,10 +183,19 @@ class Prepared:
     clean_values: Tensor | None = None  # [B] the metric of each clean example
     corrupt_values: Tensor | None = None  # [B] the metric of each corrupted example
     attention_mask: Tensor | None = None  # [B, P] 1 = token, 0 = padding; None: no padding
+    unchanged: Tensor | None = None  # [S, B] bool: spec s patches example b with its own value (a no-op)
+
+    @property
+    def base_values(self) -> Tensor | None:
+        """[B] the metric of each example of the run that is patched."""
+        return self.corrupt_values if self.mode == "denoise" else self.clean_values
 
 
-def prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_mask=None) -> Prepared:
-    """Check inputs; run the source and base once for the baseline metrics and the source activations."""
+def prepare(
+    model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_mask=None, compare=False
+) -> Prepared:
+    """Check inputs; run the source and base once for the baseline metrics and the source activations.
+    compare: also record the base's activations and set `Prepared.unchanged` (`unchanged_patches`)."""
     check_model(model)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
@@ -210,13 +221,16 @@ def prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_
     kw = masked(attention_mask)
     with torch.no_grad():
         source_logits, cache = run_and_cache(model, source, hooks, **kw)
-        base_logits = model(base, **kw)
+        base_logits, base_cache = (
+            run_and_cache(model, base, hooks, **kw) if compare else (model(base, **kw), None)
+        )
         for s in specs:  # a bad index fails here, with the spec named, not inside a forward
             try:
                 cache[s.hook][s.index(infos[s.hook])]
             except IndexError as e:
                 raise ValueError(f"{s} does not fit activation {tuple(cache[s.hook].shape)}: {e}") from None
         v_source, v_base = metric(source_logits).float(), metric(base_logits).float()
+        unchanged = None if base_cache is None else unchanged_patches(specs, cache, base_cache, infos)
     clean_v, corrupt_v = (v_source, v_base) if mode == "denoise" else (v_base, v_source)
     return Prepared(
         base,
@@ -229,7 +243,19 @@ def prepare(model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_
         clean_v,
         corrupt_v,
         attention_mask,
+        unchanged,
     )
+
+
+def unchanged_patches(
+    specs: Sequence[PatchSpec], source: dict[str, Tensor], base: dict[str, Tensor], infos: dict[str, HookInfo]
+) -> Tensor:
+    """[S, B] bool: spec s would write into example b exactly the value the base run already has there,
+    so the patched run is the base run. In a causal model every position before the first token where
+    the clean and corrupted inputs differ is such a patch (for a minimal pair, most of a position grid)."""
+    same = {name: source[name] == base[name] for name in {s.hook for s in specs}}  # NaN: never the same
+    picked = (same[s.hook][s.index(infos[s.hook])] for s in specs)
+    return torch.stack([x.reshape(x.shape[0], -1).all(1) for x in picked]).cpu()
 
 
 @torch.no_grad()
