@@ -570,3 +570,17 @@ def test_depthwise_conv_equals_conv1d(bias, window):
     g = torch.randn_like(ref)
     for a, r in zip(torch.autograd.grad(ours, inputs, g), torch.autograd.grad(ref, inputs, g)):
         torch.testing.assert_close(a, r, atol=1e-12, rtol=0)
+
+
+def test_depthwise_conv_names_a_bad_shape():
+    from interp.models.conv import depthwise_conv  # noqa: PLC0415
+
+    x, w = torch.randn(2, 5, 6), torch.randn(6, 1, 4)
+    for args, name in (
+        ((x[0], w, None), r"x must be \[B, P, C\], got \[5, 6\]"),
+        ((x, torch.randn(5, 1, 4), None), r"weight must be \[C, 1, K\] with C = 6"),
+        ((x, w, torch.randn(5)), r"bias must be \[C\] = \[6\]"),
+        ((x, w, None, torch.randn(2, 6, 4)), r"window must be \[B, C, K - 1\] = \[2, 6, 3\]"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            depthwise_conv(*args)

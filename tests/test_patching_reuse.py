@@ -341,6 +341,17 @@ def test_forward_from_readout_computes_the_read_positions(models):
     with model.hooks(fwd_hooks=[("ln_final.hook_normalized", lambda act, hook: seen.append(act.shape[1]))]):
         model.forward_from(state, 0, 1, readout=read)
     assert seen == [n - 1]
+    for bad in (
+        torch.tensor([5, 2]),
+        torch.tensor([2, 2]),
+        torch.tensor([0, n]),
+        torch.tensor([-1]),
+        read.float(),
+    ):
+        with pytest.raises(
+            ValueError, match=f"readout must be ascending distinct integer positions in 0..{n - 1}"
+        ):
+            model.forward_from(state, 0, 1, readout=bad)
 
 
 @pytest.mark.parametrize("arch", ["transformer", "mamba", "hybrid"])

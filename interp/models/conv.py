@@ -21,9 +21,28 @@ def depthwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None, window: Tenso
     """x [B, P, C], weight [C, 1, K], bias [C] or None -> [B, C, P + K - 1], as nn.Conv1d(C, C, K,
     groups=C, padding=K - 1) of x.transpose(1, 2); window [B, C, K - 1] (the K - 1 inputs before x's first,
     when a forward continues a sequence) replaces the left zero padding."""
+    _check_shapes(x, weight, bias, window)
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return reference_conv(x, weight, bias, window)  # CUDA kernels; half precision accumulates in float32
     return _DepthwiseConv.apply(x, weight, bias, window).transpose(1, 2)
+
+
+def _check_shapes(x: Tensor, weight: Tensor, bias: Tensor | None, window: Tensor | None) -> None:
+    c = x.shape[-1] if x.ndim == 3 else None
+    k = weight.shape[-1] if weight.ndim == 3 else None
+    want = {
+        "x": (x, x.ndim == 3, "[B, P, C]"),
+        "weight": (weight, k is not None and tuple(weight.shape) == (c, 1, k), f"[C, 1, K] with C = {c}"),
+        "bias": (bias, bias is None or tuple(bias.shape) == (c,), f"[C] = [{c}] or None"),
+        "window": (
+            window,
+            window is None or (k is not None and tuple(window.shape) == (x.shape[0], c, k - 1)),
+            f"[B, C, K - 1] = [{x.shape[0]}, {c}, {None if k is None else k - 1}] or None",
+        ),
+    }
+    for name, (t, ok, shape) in want.items():
+        if not ok:
+            raise ValueError(f"depthwise_conv: {name} must be {shape}, got {list(t.shape)}")
 
 
 def reference_conv(x: Tensor, weight: Tensor, bias: Tensor | None, window: Tensor | None = None) -> Tensor:

@@ -247,6 +247,22 @@ def sdpa_mask(bias: Tensor | None, like: Tensor) -> Tensor | None:
     return bias if bias is None or bias.dtype == torch.bool else bias.to(like.dtype)
 
 
+def check_readout(readout: Tensor, n: int) -> None:
+    """Raise unless readout is ascending distinct integer positions of 0..n-1 (`forward_from`)."""
+    ok = (
+        isinstance(readout, Tensor)
+        and readout.ndim == 1
+        and not readout.is_floating_point()
+        and bool((readout.diff() > 0).all())
+        and (not readout.numel() or int(readout[0]) >= 0 and int(readout[-1]) < n)
+    )
+    if not ok:
+        shown = readout.tolist() if isinstance(readout, Tensor) and readout.numel() <= 20 else readout
+        raise ValueError(
+            f"readout must be ascending distinct integer positions in 0..{n - 1} (1-D), got {shown}"
+        )
+
+
 def one_key_changed(q: Tensor, k: Tensor, v: Tensor, known: Recorded, bias: Tensor | None) -> Tensor:
     """Attention output z [K*B, H, 1 + T, Dh] of a block whose input changed at one position, pos, only.
 
@@ -565,6 +581,8 @@ class HookedTransformer(HookedModel):
                 f"cannot resume at layer {layer}, position {pos}: layers 0..{len(self.blocks) - 1}, "
                 f"positions 0..{n - 1}"
             )
+        if readout is not None:
+            check_readout(readout, n)
         device = state.resid[0].device
         key_mask = None if state.key_mask is None else state.key_mask.repeat(copies, 1)
         past = lambda i, p: state.slots(i, copies).begin(p)  # noqa: E731
