@@ -4,6 +4,7 @@ TransformerLens's own patching.
     python -m benchmarks.patching                                  # issue 15's grid (an hour on 1 CPU)
     python -m benchmarks.patching --layers 2 --batches 8 --lengths 64   # one transformer size
     python -m benchmarks.patching --quick                          # smoke test
+    python -m benchmarks.patching --same-prefix 0.5 --layers 4 --batches 8 --lengths 64   # a minimal pair
 
 Workload: full layer x head x position noising of `hook_z` on the hash-copy construction
 (`interp.models.hash_copy`, 2 layers x 5 heads, whose circuit is known) and on GPT-style transformers
@@ -11,7 +12,11 @@ Workload: full layer x head x position noising of `hook_z` on the hash-copy cons
 `hook_ssm_state` (width 64, 2 layers, d_state 16). Lengths are string lengths: 2 * L + 3 positions. The
 transformers and Mamba are trained briefly on the copy task first (`--train-steps`, default 150 steps
 of `interp.training.train`, cached in the temp folder): not random weights, though speed does not
-depend on the weights. Methods, all `activation_patching` unless said:
+depend on the weights. Clean and corrupted strings are independent (issue 15's workload), or with
+`--same-prefix F` the corrupted string starts with the clean one's first F of letters (a minimal pair, as
+in IOI-style datasets): the patches before the first difference write the base run's own values, and
+reuse and batched skip them (`activation_patching`'s no-op patches). Methods, all `activation_patching`
+unless said:
 - "reuse": each patched forward starts at the patch's layer and position from one recorded forward
   (residual stream, keys/values, Mamba's conv window and state; `interp.analysis.patching.reuse`); a
   position-local patch runs its own block on its position alone; copies per pass from `max_memory`.
@@ -69,6 +74,12 @@ class Case:
     model: str  # "hash-copy" | "transformer-L{n}" | "mamba-L{n}"
     batch: int  # clean/corrupted example pairs
     length: int  # string length (positions = 2 * length + 3)
+    same_prefix: float = 0.0  # fraction of the string's first letters the corrupted string shares
+
+    @property
+    def label(self) -> str:
+        shared = f" shared {self.same_prefix:.0%}" if self.same_prefix else ""
+        return f"{self.model} B={self.batch} P={2 * self.length + 3}{shared}"
 
     @property
     def family(self) -> str:
@@ -76,11 +87,14 @@ class Case:
 
 
 def cases(args) -> list[Case]:
+    f = args.same_prefix
     if args.quick:
-        return [Case("hash-copy", 2, 4), Case("mamba-L2", 2, 4)]
-    grid = [Case(f"transformer-L{n}", b, t) for n in args.layers for b in args.batches for t in args.lengths]
-    mamba = [Case("mamba-L2", b, min(args.lengths)) for b in args.batches]
-    return [c for c in [Case("hash-copy", 16, 12)] + grid + mamba if c.family in args.families]
+        return [Case("hash-copy", 2, 4, f), Case("mamba-L2", 2, 4, f)]
+    grid = [
+        Case(f"transformer-L{n}", b, t, f) for n in args.layers for b in args.batches for t in args.lengths
+    ]
+    mamba = [Case("mamba-L2", b, min(args.lengths), f) for b in args.batches]
+    return [c for c in [Case("hash-copy", 16, 12, f)] + grid + mamba if c.family in args.families]
 
 
 def trained(name: str, steps: int):
@@ -114,6 +128,8 @@ def workload(case: Case, steps: int):
     # the hash-copy circuit reads 3-grams; 8 letters have too few distinct 3-grams for 32 strings of 256
     task = TASK if case.model == "hash-copy" else replace(TASK, ngram=4)
     clean, corrupt = paired_batches(task, case.batch, case.length)
+    if case.same_prefix:
+        corrupt = replace(corrupt, tokens=sharing_prefix(clean.tokens, corrupt.tokens, case))
     metric = make_metric("logit_diff", clean, corrupt)
     n = clean.tokens.shape[1]
     if case.family == "mamba":
@@ -121,6 +137,17 @@ def workload(case: Case, steps: int):
     else:
         specs = patch_specs(model, "z", heads=True, positions=True, n_pos=n)
     return model, clean.tokens, corrupt.tokens, metric, specs
+
+
+def sharing_prefix(clean: torch.Tensor, corrupt: torch.Tensor, case: Case) -> torch.Tensor:
+    """Corrupted copy-task tokens (BOS, string, SEP, string, EOS) whose string starts with the clean
+    string's first `case.same_prefix` of letters: a minimal pair, whose patches before the first
+    difference are no-ops (`Prepared.unchanged`)."""
+    n, L = max(1, min(case.length - 1, round(case.same_prefix * case.length))), case.length
+    out = corrupt.clone()
+    for start in (1, L + 2):  # the string and its copy
+        out[:, start : start + n] = clean[:, start : start + n]
+    return out
 
 
 def sample(specs, n: int):
@@ -242,7 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--families", nargs="+", default=["hash", "transformer", "mamba"], help="which models to run"
     )
+    p.add_argument(
+        "--same-prefix",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="corrupted strings share the clean ones' first F of letters (a minimal pair; 0 = independent "
+        "strings, issue 15's workload): reuse skips the patches before the first difference",
+    )
     args = p.parse_args(argv)
+    if not 0 <= args.same_prefix < 1:
+        p.error(f"--same-prefix must be in [0, 1), got {args.same_prefix}")
     torch.set_num_threads(args.threads)
     print(
         common.header(
@@ -259,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         ratio = r["sec"]["loop"] / r["sec"]["reuse"]
         print(
-            f"done {case}: reuse {r['sec']['reuse']:.1f} s, {ratio:.1f}x the loop",
+            f"done {case.label}: reuse {r['sec']['reuse']:.1f} s, {ratio:.1f}x the loop",
             file=sys.stderr,
             flush=True,
         )
@@ -272,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append(
                 [
-                    case.model,
+                    case.model + (f" (shares {case.same_prefix:.0%})" if case.same_prefix else ""),
                     case.batch,
                     2 * case.length + 3,
                     r["n"],
@@ -285,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     headers = ["model", "batch", "positions", "patches", "method", "seconds", "vs loop", "vs TL", "peak MiB"]
     print(common.table(headers, rows))
-    label = lambda c: f"{c.model} B={c.batch} P={2 * c.length + 3}"  # noqa: E731
+    label = lambda c: c.label  # noqa: E731
     for m in ("reuse", "batched"):
         ratios = [r["sec"]["loop"] / r["sec"][m] for r in results]
         tl = [r["sec"]["tl"] / r["sec"][m] for r in results if "tl" in r["sec"]]

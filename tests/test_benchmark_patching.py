@@ -51,3 +51,20 @@ def test_find_copy_circuit_probe_on_the_construction(tmp_path, run_python):
     assert ("L1H4", "logits", "direct") in edges and all(r in ("L1H4", "logits") for _, r, _ in edges)
     help_text = run_python("probes/find_copy_circuit.py", "--help")
     assert help_text.returncode == 0 and "hash-copy" in help_text.stdout
+
+
+def test_same_prefix_makes_a_minimal_pair_of_copy_strings():
+    """--same-prefix F: the corrupted string and its copy start with the clean string's first F of letters,
+    and the rest is the corrupted example's own (still a valid copy example)."""
+    from benchmarks.patching import TASK, Case, sharing_prefix  # noqa: PLC0415
+    from interp.tasks.pairs import paired_batches  # noqa: PLC0415
+
+    length = 10
+    clean, corrupt = paired_batches(TASK, 4, length)
+    out = sharing_prefix(clean.tokens, corrupt.tokens, Case("hash-copy", 4, length, 0.3))
+    first, copy = slice(1, 1 + length), slice(length + 2, 2 * length + 2)
+    assert (out[:, first] == out[:, copy]).all()  # the copy is still the string
+    assert (out[:, 1:4] == clean.tokens[:, 1:4]).all()  # 3 of 10 letters shared
+    assert (out[:, 4 : 1 + length] == corrupt.tokens[:, 4 : 1 + length]).all()
+    assert (out[:, [0, length + 1, -1]] == clean.tokens[:, [0, length + 1, -1]]).all()  # BOS, SEP, EOS
+    assert (out[:, 4] != clean.tokens[:, 4]).any()
