@@ -68,7 +68,7 @@ def attribution_patching(
         # the metric is a mean over examples that do not interact: B * dMean/da_b = dm_b/da_b
         values.append((grad[idx] * diff[idx]).flatten(1).sum(1) * b)  # [B]
     model.zero_grad(set_to_none=True)
-    base_v = run.corrupt_values if mode == "denoise" else run.clean_values
+    base_v = run.base_values
     return frame(specs, torch.stack(values).detach() + base_v, run)
 
 

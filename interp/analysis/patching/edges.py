@@ -262,7 +262,7 @@ def edge_attribution_patching(
     grads /= len(alphas)
     scores = torch.einsum("sbpd,rbpd->srb", writes, grads)  # [n_s, n_r, B]
     pairs = chosen.nonzero().tolist()
-    base_v = run.clean_values if mode == "noise" else run.corrupt_values
+    base_v = run.base_values
     values = torch.stack([scores[s, r] for s, r in pairs]).detach().cpu() + base_v.cpu()
     df = _edge_frame(graph, pairs, values, run)
     df.insert(df.columns.get_loc("metric"), "score", df["metric"] - float(base_v.mean()))
@@ -410,7 +410,7 @@ def edge_patching(
         keeps[i, s, r] = False
     values = run_circuits(model, graph, run, metric, keeps, max_batch)
     df = _edge_frame(graph, pairs, values, run)
-    base_v = run.clean_values if mode == "noise" else run.corrupt_values
+    base_v = run.base_values
     df.insert(df.columns.get_loc("metric"), "score", df["metric"] - float(base_v.mean()))
     return df.sort_values("effect", key=abs, ascending=False, kind="stable").reset_index(drop=True)
 
