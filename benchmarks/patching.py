@@ -142,7 +142,8 @@ def workload(case: Case, steps: int):
 def sharing_prefix(clean: torch.Tensor, corrupt: torch.Tensor, case: Case) -> torch.Tensor:
     """Corrupted copy-task tokens (BOS, string, SEP, string, EOS) whose string starts with the clean
     string's first `case.same_prefix` of letters: a minimal pair, whose patches before the first
-    difference are no-ops (`Prepared.unchanged`)."""
+    difference are no-ops (`Prepared.unchanged`). Only for timing: the spliced strings may repeat an n-gram,
+    and at the shared copy positions the answer and the wrong answer are the same token (logit difference 0)."""
     n, L = max(1, min(case.length - 1, round(case.same_prefix * case.length))), case.length
     out = corrupt.clone()
     for start in (1, L + 2):  # the string and its copy

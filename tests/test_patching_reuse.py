@@ -11,7 +11,6 @@ from interp.analysis.patching import (
     paired_batches,
     patch_specs,
 )
-from interp.analysis.patching.memory import _as_patched
 from interp.hooks import run_and_cache
 from interp.models import build_model
 from interp.models.hash_copy import build_hash_copy
@@ -563,7 +562,7 @@ def test_patches_before_the_first_difference_are_not_run(arch, method, monkeypat
         original = model.run_with_hooks
 
         def counted(tokens, fwd_hooks, **options):
-            if fwd_hooks[0][1] is not _as_patched:  # not the memory probe
+            if "_make_patch_hook" in fwd_hooks[0][1].__qualname__:  # a patched forward: not a probe
                 passes.append(tokens.shape[0] // 3)
             return original(tokens, fwd_hooks=fwd_hooks, **options)
 
@@ -587,3 +586,59 @@ def test_patches_before_the_first_difference_are_not_run(arch, method, monkeypat
         assert ran and min(ran) >= d  # every pass starts at or after the first difference
     else:  # one copy for each patch that changes some example
         assert sum(ran) == int((~noop.all(1)).sum()) < len(specs)
+
+
+def test_no_op_hooks_compare_only_what_a_spec_patches():
+    """`no_op_hooks` on synthetic activations: a head / channel slice / position is a no-op for an example
+    exactly when the values it selects agree there, whatever the rest of the activation does; NaN is never
+    the same; another shape (data-dependent) is never a no-op."""
+    from interp.analysis.patching.activation import no_op_hooks  # noqa: PLC0415
+    from interp.hooks import HookInfo  # noqa: PLC0415
+
+    z = HookInfo(axes=("batch", "pos", "head", "d_head"))
+    state = HookInfo(axes=("batch", "channel", "pos", "d_state"))
+    src = {"z": torch.randn(3, 5, 4, 2), "s": torch.randn(3, 8, 5, 2)}
+    base = {k: v.clone() for k, v in src.items()}
+    base["z"][0, 2, 1, 0] += 1  # example 0 differs in head 1 at position 2 only
+    base["s"][1, 5, 3, 1] += 1  # example 1 differs in channel 5 at position 3 only
+    src["s"][2, 0, 4, 0] = float("nan")  # NaN in example 2, channel 0, position 4: in both runs
+    base["s"][2, 0, 4, 0] = float("nan")
+    specs = [
+        PatchSpec(hook="z", pos=2, head=1),
+        PatchSpec(hook="z", pos=2, head=0),
+        PatchSpec(hook="z", pos=1, head=1),
+        PatchSpec(hook="s", pos=3, channels=(4, 8)),
+        PatchSpec(hook="s", pos=3, channels=(0, 4)),
+        PatchSpec(hook="s", pos=4, channels=(0, 4)),
+        PatchSpec(hook="s", pos=4, channels=(4, 8)),
+    ]
+    out = torch.zeros(len(specs), 3, dtype=torch.bool)
+    hooks = dict(no_op_hooks(specs, src, {"z": z, "s": state}, out))
+    for name, act in base.items():
+        hooks[name](act, None)
+    want = torch.ones(len(specs), 3, dtype=torch.bool)
+    want[0, 0] = want[3, 1] = want[5, 2] = False
+    assert torch.equal(out, want)
+    out.zero_()
+    hooks["z"](torch.randn(3, 6, 4, 2), None)  # another shape: no answer, so the patches run
+    assert not out.any()
+
+
+def test_examples_a_running_patch_leaves_alone_get_the_base_value_exactly(monkeypatch):
+    """A patch that runs but is a no-op for some examples: those examples take the base's value, not
+    the engine's (here an engine made off by 0.5, so a value that came from it would show)."""
+    import interp.analysis.patching.activation as activation  # noqa: PLC0415
+
+    torch.manual_seed(4)
+    model = sharpened(build_model("transformer", d_vocab=TASK.vocab.size, d_model=16, n_layers=2, n_heads=4))
+    clean, corrupt = paired_batches(TASK, 3, 6)
+    x_tok = clean.tokens.clone()
+    x_tok[1:, 2:] = corrupt.tokens[1:, 2:]  # example 0 is the same in both runs: every patch a no-op for it
+    metric = Metric("logit_diff", clean.tokens.roll(-1, 1), clean.score_mask.bool(), x_tok.roll(-1, 1))
+    specs = patch_specs(model, "resid_pre", positions=True, n_pos=x_tok.shape[1])
+    original = activation.batched
+    monkeypatch.setattr(activation, "batched", lambda *a, **k: original(*a, **k) + 0.5)
+    df = activation_patching(model, clean.tokens, x_tok, metric, specs, mode="noise", method="batched")
+    effects = torch.tensor(df.attrs["per_example_effect"])
+    ran = ~(effects[:, 1:] == 0).all(1)  # patches that changed example 1 or 2
+    assert ran.sum() > 0 and (effects[:, 0] == 0).all()  # example 0: the base's value, exactly

@@ -253,6 +253,7 @@ def check_readout(readout: Tensor, n: int) -> None:
         isinstance(readout, Tensor)
         and readout.ndim == 1
         and not readout.is_floating_point()
+        and readout.dtype != torch.bool
         and bool((readout.diff() > 0).all())
         and (not readout.numel() or int(readout[0]) >= 0 and int(readout[-1]) < n)
     )

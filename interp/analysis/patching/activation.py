@@ -52,7 +52,10 @@ def activation_patching(
     floor(max_batch / B) patches per full forward on a repeated batch, "loop" runs one forward per patch
     (the reference); "auto" = reuse where the model can, batched otherwise (and for hooks with no layer).
     axes: {hook or template: axes} for hooks whose axes the model does not declare
-    (`interp.hooks.declare_axes`). attention_mask [B, P] (1 = token, 0 = padding), shared by the clean
+    (`interp.hooks.declare_axes`). Except with "loop", a patch that would write the base run's own value
+    into every example (every position before a minimal pair's first difference) is not run: it gets the
+    base's metric, and so do the examples for which a patch that runs is a no-op (`no_op_hooks`); hooks
+    of yours that only watch see no pass for it. attention_mask [B, P] (1 = token, 0 = padding), shared by the clean
     and corrupted tokens, is passed to every forward (models whose forward takes one).
     max_memory: bytes (or "512MiB", "2GB") the patched copies of one forward may use; the copies per
     forward are the fewest of max_batch // B and what fits (`patching.memory`: from the peak memory of
@@ -183,7 +186,9 @@ class Prepared:
     clean_values: Tensor | None = None  # [B] the metric of each clean example
     corrupt_values: Tensor | None = None  # [B] the metric of each corrupted example
     attention_mask: Tensor | None = None  # [B, P] 1 = token, 0 = padding; None: no padding
-    unchanged: Tensor | None = None  # [S, B] bool: spec s patches example b with its own value (a no-op)
+    unchanged: Tensor | None = (
+        None  # [S, B] bool: spec s patches example b with its own value (`no_op_hooks`)
+    )
 
     @property
     def base_values(self) -> Tensor | None:
@@ -195,7 +200,7 @@ def prepare(
     model, clean_tokens, corrupt_tokens, metric, specs, mode, attention_mask=None, compare=False
 ) -> Prepared:
     """Check inputs; run the source and base once for the baseline metrics and the source activations.
-    compare: also record the base's activations and set `Prepared.unchanged` (`unchanged_patches`)."""
+    compare: also find the no-op patches during the base run (`Prepared.unchanged`, `no_op_hooks`)."""
     check_model(model)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; allowed: {', '.join(MODES)}")
@@ -219,18 +224,17 @@ def prepare(
             f"attention_mask {tuple(attention_mask.shape)} must have the tokens' shape {tuple(clean_tokens.shape)}"
         )
     kw = masked(attention_mask)
+    unchanged = torch.zeros(len(specs), base.shape[0], dtype=torch.bool) if compare else None
     with torch.no_grad():
         source_logits, cache = run_and_cache(model, source, hooks, **kw)
-        base_logits, base_cache = (
-            run_and_cache(model, base, hooks, **kw) if compare else (model(base, **kw), None)
-        )
         for s in specs:  # a bad index fails here, with the spec named, not inside a forward
             try:
                 cache[s.hook][s.index(infos[s.hook])]
             except IndexError as e:
                 raise ValueError(f"{s} does not fit activation {tuple(cache[s.hook].shape)}: {e}") from None
+        fwd = no_op_hooks(specs, cache, infos, unchanged) if compare else []
+        base_logits = model.run_with_hooks(base, fwd_hooks=fwd, **kw) if fwd else model(base, **kw)
         v_source, v_base = metric(source_logits).float(), metric(base_logits).float()
-        unchanged = None if base_cache is None else unchanged_patches(specs, cache, base_cache, infos)
     clean_v, corrupt_v = (v_source, v_base) if mode == "denoise" else (v_base, v_source)
     return Prepared(
         base,
@@ -247,15 +251,30 @@ def prepare(
     )
 
 
-def unchanged_patches(
-    specs: Sequence[PatchSpec], source: dict[str, Tensor], base: dict[str, Tensor], infos: dict[str, HookInfo]
-) -> Tensor:
-    """[S, B] bool: spec s would write into example b exactly the value the base run already has there,
-    so the patched run is the base run. In a causal model every position before the first token where
-    the clean and corrupted inputs differ is such a patch (for a minimal pair, most of a position grid)."""
-    same = {name: source[name] == base[name] for name in {s.hook for s in specs}}  # NaN: never the same
-    picked = (same[s.hook][s.index(infos[s.hook])] for s in specs)
-    return torch.stack([x.reshape(x.shape[0], -1).all(1) for x in picked]).cpu()
+def no_op_hooks(
+    specs: Sequence[PatchSpec], source: dict[str, Tensor], infos: dict[str, HookInfo], out: Tensor
+) -> list[tuple[str, Callable]]:
+    """Forward hooks for the base run that set out[s, b] (bool [S, B]) where spec s would write into
+    example b the value the base run already has there (`==`; NaN is never equal), so that its patched
+    run is the base run. In a causal model every patch before the first position where the clean and
+    corrupted inputs differ is one. Each hook compares as the activation passes and keeps only the
+    [B] answers: the base's activations are not stored."""
+    by_hook: dict[str, list[int]] = {}
+    for i, spec in enumerate(specs):
+        by_hook.setdefault(spec.hook, []).append(i)
+
+    def compare(name: str, members: list[int]) -> Callable:
+        def hook_fn(act: Tensor, hook) -> None:
+            if act.shape != source[name].shape:  # a data-dependent shape: run those patches
+                return
+            same = act == source[name]
+            for i in members:
+                picked = same[specs[i].index(infos[name])]
+                out[i] = picked.reshape(picked.shape[0], -1).all(1).cpu()  # hooks may sit on several devices
+
+        return hook_fn
+
+    return [(name, compare(name, members)) for name, members in by_hook.items()]
 
 
 @torch.no_grad()
