@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import difflib
 import re
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -239,6 +240,26 @@ def attached(model: Any, fwd_hooks: Iterable[tuple[str, Callable]], prepend: boo
     finally:
         for point in points:
             point.remove_hooks("fwd", level=level)
+
+
+def mark_edited(out: Tensor, act: Tensor, positions: Tensor, axis: int) -> Tensor:
+    """Note on a hook's output `out` that it equals its input `act` except at `positions` [E] of axis
+    `axis`, so that a model that must find what a hook changed (Mamba's `hook_ssm_state`) compares
+    those positions only (`edited_positions`). The patch hooks of `interp.analysis.patching` mark theirs."""
+    out._interp_edited = (weakref.ref(act), act._version, out._version, positions, axis)
+    return out
+
+
+def edited_positions(new: Tensor, original: Tensor, axis: int) -> Tensor | None:
+    """The positions of `axis` outside which a hook's output `new` equals its input `original`, when a
+    hook marked it (`mark_edited`) and neither tensor has changed in place since; None otherwise (then
+    anything may differ)."""
+    mark = getattr(new, "_interp_edited", None)
+    if mark is None:
+        return None
+    act, act_version, new_version, positions, marked_axis = mark
+    valid = act() is original and original._version == act_version and new._version == new_version
+    return positions if valid and marked_axis == axis else None
 
 
 def check_hook_name(model: Any, name: str) -> None:

@@ -642,3 +642,41 @@ def test_examples_a_running_patch_leaves_alone_get_the_base_value_exactly(monkey
     effects = torch.tensor(df.attrs["per_example_effect"])
     ran = ~(effects[:, 1:] == 0).all(1)  # patches that changed example 1 or 2
     assert ran.sum() > 0 and (effects[:, 0] == 0).all()  # example 0: the base's value, exactly
+
+
+@pytest.mark.parametrize("arch", ["mamba", "mamba2"])
+def test_state_patches_compare_only_the_positions_they_wrote(arch, monkeypatch):
+    """A patch hook marks the positions it wrote (`interp.hooks.mark_edited`), so the mixer compares only
+    those to find its edit; a user hook on the state before it (returning a new tensor) voids the mark and
+    the full compare runs. Both equal the loop."""
+    from interp.models.state_edit import StateEdit  # noqa: PLC0415
+
+    torch.manual_seed(3)
+    model = sharpened(build_model(arch, d_vocab=TASK.vocab.size, **MAMBAS[arch]))
+    clean, corrupt = paired_batches(TASK, 3, 5)
+    c_tok, x_tok, metric, _ = pair_inputs(clean, corrupt)
+    specs = mamba_grids(model, c_tok.shape[1])["state x channel groups x positions"]
+    args = (model, c_tok, x_tok, metric, specs)
+    loop = activation_patching(*args, mode="noise", method="loop")
+    original = StateEdit.changes.__func__
+    compared = []  # per call: marked (True) or full, for states of more than one position
+
+    # (one position: nothing to save, the patch wrote all of it)
+    def spy(cls, states, new, dim, at=None):
+        if new.shape[dim] > 1:
+            compared.append(at is not None)
+        return original(cls, states, new, dim, at)
+
+    monkeypatch.setattr(StateEdit, "changes", classmethod(spy))
+    reuse = activation_patching(*args, mode="noise", method="reuse", max_batch=12)
+    assert_same(reuse, loop, torch.float64)
+    probes = len(model.blocks)  # the memory probe's longest pass replaces the states unmarked
+    assert compared[:probes] == [False] * probes and len(compared) > probes and all(compared[probes:])
+    compared.clear()
+    same = [
+        (f"blocks.{i}.mixer.hook_ssm_state", lambda act, hook: act * 1.0) for i in range(len(model.blocks))
+    ]
+    with model.hooks(fwd_hooks=same):
+        watched = activation_patching(*args, mode="noise", method="reuse", max_batch=12)
+    assert_same(watched, loop, torch.float64)
+    assert compared and not any(compared)

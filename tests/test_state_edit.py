@@ -131,3 +131,39 @@ def test_a_state_patch_is_the_recurrence_continued_from_the_patched_state(arch, 
     others = [t for t in range(tokens.shape[1]) if t not in edited]
     torch.testing.assert_close(patched[:, others], torch.stack(steps, 1)[:, others], atol=1e-5, rtol=1e-5)
     assert (patched[:, 10:] - model(tokens)[:, 10:]).abs().amax() > 1e-3  # the edits did reach them
+
+
+def test_changes_at_marked_positions_equal_the_full_compare():
+    """`StateEdit.changes(..., at=)` compares only the positions a hook marked and finds the same edit as
+    the full compare, including marked positions the hook left as they were."""
+    states = torch.randn(2, 3, 9, 4)
+    new = states.clone()
+    new[0, 1, 2] += 1
+    new[1, :, 6, 0] = 0.0
+    full = StateEdit.changes(states, new, dim=2)
+    marked = StateEdit.changes(states, new, dim=2, at=torch.tensor([2, 4, 6]))  # 4: marked, unchanged
+    assert marked.positions() == full.positions() == [2, 6]
+    assert torch.equal(marked.mask, full.mask) and torch.equal(marked.values, full.values)
+    assert not len(StateEdit.changes(states, states.clone(), dim=2, at=torch.tensor([3])))
+
+
+def test_edited_positions_trust_a_mark_only_while_both_tensors_are_as_marked():
+    from interp.hooks import edited_positions, mark_edited  # noqa: PLC0415
+
+    def marked():
+        act = torch.randn(2, 3, 9, 4)
+        out = act.clone()
+        out[:, :, 5] = 0.0
+        return act, mark_edited(out, act, torch.tensor([5]), 2)
+
+    act, out = marked()
+    assert edited_positions(out, act, 2).tolist() == [5]
+    assert edited_positions(out, act.clone(), 2) is None  # another input
+    assert edited_positions(out, act, 1) is None  # another axis
+    assert edited_positions(act.clone(), act, 2) is None  # no mark
+    act, out = marked()
+    out[:, :, 1] = 1.0  # a later hook edited the output in place
+    assert edited_positions(out, act, 2) is None
+    act, out = marked()
+    act[:, :, 1] = 1.0  # the input changed after the mark
+    assert edited_positions(out, act, 2) is None

@@ -43,9 +43,15 @@ class StateEdit:
         return cls(at.times, at.mask, torch.where(at.mask, at.values, zero), dim)  # no NaN into gradients
 
     @classmethod
-    def changes(cls, original: Tensor, new: Tensor, dim: int) -> StateEdit:
-        """The entries where `new` differs from `original` (what a hook changed), at `new`'s values."""
-        return cls._at(new != original, new, dim)
+    def changes(cls, original: Tensor, new: Tensor, dim: int, at: Tensor | None = None) -> StateEdit:
+        """The entries where `new` differs from `original` (what a hook changed), at `new`'s values.
+        at: [E] the only positions where they may differ (`interp.hooks.edited_positions`), so only those
+        are compared: a full compare reads both [B, D, L, N] states, a sixth of a Mamba state patch."""
+        if at is None:
+            return cls._at(new != original, new, dim)
+        new_at = new.index_select(dim, at)
+        sub = cls._at(new_at != original.index_select(dim, at), new_at, dim)
+        return cls(at[sub.times], sub.mask, sub.values, dim)
 
     def __len__(self) -> int:
         return self.times.numel()

@@ -22,6 +22,7 @@ from interp.hooks import (
     component_hook,
     declare_axes,
     hook_info,
+    mark_edited,
     run_and_cache,
 )
 from interp.tasks.pairs import check_pair
@@ -334,21 +335,25 @@ def _make_patch_hook(mask: Tensor, source: Tensor, k: int, b: int, pos: int | No
     few of the positions (axis `pos` of act), only those are merged and the rest copied: a `where` over
     every position of a Mamba state [K*B, D, P, N] took a third of a state patch's time."""
     ax = None if pos is None else pos + 1  # the axis in the [K, B, ...] view
-    touched = None
-    if ax is not None and mask.shape[ax] > 1:
-        touched = mask.any(dim=tuple(i for i in range(mask.ndim) if i != ax)).nonzero()[:, 0]
-        touched = touched if 2 * len(touched) <= mask.shape[ax] else None
+    changed = touched = None  # the positions the specs write; those merged one by one
+    if ax is not None:
+        changed = mask.any(dim=tuple(i for i in range(mask.ndim) if i != ax)).nonzero()[:, 0]
+        if mask.shape[ax] > 1 and 2 * len(changed) <= mask.shape[ax]:
+            touched = changed
+        changed = changed if len(changed) < mask.shape[ax] else None
     if touched is not None:
         mask, source = mask.index_select(ax, touched), source.index_select(ax, touched)
 
     def hook_fn(act: Tensor, hook) -> Tensor:
         view = act.unflatten(0, (k, b))  # [K, B, ...]
         if touched is None:
-            return torch.where(mask, source.to(act.dtype), view).flatten(0, 1)
-        merged = torch.where(mask, source.to(act.dtype), view.index_select(ax, touched))
-        out = act.clone()  # in act's memory layout: a copy in another one costs several times more
-        out.unflatten(0, (k, b)).index_copy_(ax, touched, merged)
-        return out
+            out = torch.where(mask, source.to(act.dtype), view).flatten(0, 1)
+        else:
+            merged = torch.where(mask, source.to(act.dtype), view.index_select(ax, touched))
+            out = act.clone()  # in act's memory layout: a copy in another one costs several times more
+            out.unflatten(0, (k, b)).index_copy_(ax, touched, merged)
+        # a Mamba state hook then compares only where the specs wrote
+        return out if changed is None else mark_edited(out, act, changed, pos)
 
     return hook_fn
 
