@@ -323,7 +323,6 @@ def main(argv: list[str] | None = None) -> int:
             )
     headers = ["model", "batch", "positions", "patches", "method", "seconds", "vs loop", "vs TL", "peak MiB"]
     print(common.table(headers, rows))
-    label = lambda c: c.label  # noqa: E731
     for m in ("reuse", "batched"):
         ratios = [r["sec"]["loop"] / r["sec"][m] for r in results]
         tl = [r["sec"]["tl"] / r["sec"][m] for r in results if "tl" in r["sec"]]
@@ -337,13 +336,13 @@ def main(argv: list[str] | None = None) -> int:
                 else " (no TransformerLens case)"
             )
         )
-        print("  per case: " + ", ".join(f"{label(r['case'])}: {x:.1f}x" for r, x in zip(results, ratios)))
+        print("  per case: " + ", ".join(f"{r['case'].label}: {x:.1f}x" for r, x in zip(results, ratios)))
     counted = [r for r in results if r["flops"]]
     if counted:
         print(
             "\nloop / reuse in matrix-product FLOPs per patch (what reuse could reach with no overhead per "
             "operation; Mamba's scans are not matrix products): "
-            + ", ".join(f"{label(r['case'])}: {r['flops']:.1f}x" for r in counted)
+            + ", ".join(f"{r['case'].label}: {r['flops']:.1f}x" for r in counted)
         )
     attr = [r["sec"]["loop"] / r["sec"]["attribution"] for r in results]
     print(f"ratio loop / attribution patching: {min(attr):.0f}x-{max(attr):.0f}x")

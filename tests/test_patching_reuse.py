@@ -649,6 +649,7 @@ def test_state_patches_compare_only_the_positions_they_wrote(arch, monkeypatch):
     """A patch hook marks the positions it wrote (`interp.hooks.mark_edited`), so the mixer compares only
     those to find its edit; a user hook on the state before it (returning a new tensor) voids the mark and
     the full compare runs. Both equal the loop."""
+    from interp.hooks import edited_positions  # noqa: PLC0415
     from interp.models.state_edit import StateEdit  # noqa: PLC0415
 
     torch.manual_seed(3)
@@ -662,10 +663,10 @@ def test_state_patches_compare_only_the_positions_they_wrote(arch, monkeypatch):
     compared = []  # per call: marked (True) or full, for states of more than one position
 
     # (one position: nothing to save, the patch wrote all of it)
-    def spy(cls, states, new, dim, at=None):
+    def spy(cls, states, new, dim):
         if new.shape[dim] > 1:
-            compared.append(at is not None)
-        return original(cls, states, new, dim, at)
+            compared.append(edited_positions(new, states, dim) is not None)
+        return original(cls, states, new, dim)
 
     monkeypatch.setattr(StateEdit, "changes", classmethod(spy))
     reuse = activation_patching(*args, mode="noise", method="reuse", max_batch=12)

@@ -134,17 +134,22 @@ def test_a_state_patch_is_the_recurrence_continued_from_the_patched_state(arch, 
 
 
 def test_changes_at_marked_positions_equal_the_full_compare():
-    """`StateEdit.changes(..., at=)` compares only the positions a hook marked and finds the same edit as
-    the full compare, including marked positions the hook left as they were."""
+    """`StateEdit.changes` of a marked output (`interp.hooks.mark_edited`) compares only the marked positions
+    and finds the same edit as the full compare, including marked positions the hook left as they were."""
+    from interp.hooks import edited_positions, mark_edited  # noqa: PLC0415
+
     states = torch.randn(2, 3, 9, 4)
     new = states.clone()
     new[0, 1, 2] += 1
     new[1, :, 6, 0] = 0.0
     full = StateEdit.changes(states, new, dim=2)
-    marked = StateEdit.changes(states, new, dim=2, at=torch.tensor([2, 4, 6]))  # 4: marked, unchanged
+    new = mark_edited(new, states, torch.tensor([2, 4, 6]), 2)  # 4: marked, unchanged
+    assert edited_positions(new, states, 2) is not None
+    marked = StateEdit.changes(states, new, dim=2)
     assert marked.positions() == full.positions() == [2, 6]
     assert torch.equal(marked.mask, full.mask) and torch.equal(marked.values, full.values)
-    assert not len(StateEdit.changes(states, states.clone(), dim=2, at=torch.tensor([3])))
+    same = mark_edited(states.clone(), states, torch.tensor([3]), 2)
+    assert not len(StateEdit.changes(states, same, dim=2))
 
 
 def test_edited_positions_trust_a_mark_only_while_both_tensors_are_as_marked():

@@ -49,7 +49,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from interp.config import Config
-from interp.hooks import edited_positions
 from interp.models.base import Hook, HookedModel, StateSize
 from interp.models.conv import depthwise_conv
 from interp.models.scan import IMPLS, selective_scan, uses_cuda_kernel
@@ -318,8 +317,7 @@ class MambaMixer(nn.Module):
             if new is states:  # edited in place: recompute the unedited states to see what changed
                 with torch.no_grad():
                     states = scan(return_states=True)[1]
-            # the positions the hook changed, only (a marked patch: compared where it wrote)
-            edit = StateEdit.changes(states, new, dim=2, at=edited_positions(new, states, 2))
+            edit = StateEdit.changes(states, new, dim=2)  # the positions the hook changed, only
             if len(edit):
                 t0 = edit.positions()[0] if y is not None else 0  # before it nothing changed
                 rest = scan.suffix(t0, states[:, :, t0 - 1]) if t0 else scan

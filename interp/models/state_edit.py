@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from interp.hooks import edited_positions
+
 
 @dataclass(frozen=True)
 class StateEdit:
@@ -43,10 +45,11 @@ class StateEdit:
         return cls(at.times, at.mask, torch.where(at.mask, at.values, zero), dim)  # no NaN into gradients
 
     @classmethod
-    def changes(cls, original: Tensor, new: Tensor, dim: int, at: Tensor | None = None) -> StateEdit:
-        """The entries where `new` differs from `original` (what a hook changed), at `new`'s values.
-        at: [E] the only positions where they may differ (`interp.hooks.edited_positions`), so only those
-        are compared: a full compare reads both [B, D, L, N] states, a sixth of a Mamba state patch."""
+    def changes(cls, original: Tensor, new: Tensor, dim: int) -> StateEdit:
+        """The entries where `new` differs from `original` (what a hook changed), at `new`'s values. Where
+        the hook marked the positions it wrote (`interp.hooks.mark_edited`, as patching's hooks do), only
+        those are compared: a full compare reads both [B, D, L, N] states, a sixth of a Mamba state patch."""
+        at = edited_positions(new, original, dim)
         if at is None:
             return cls._at(new != original, new, dim)
         new_at = new.index_select(dim, at)

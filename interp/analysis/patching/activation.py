@@ -92,7 +92,7 @@ def activation_patching(
         per_forward(list(range(len(specs))))  # one patch per forward must fit too
         values = _loop(model, run.base, specs, run.source_cache, metric, run.infos, attention_mask)
         return frame(specs, values, run)
-    values = run.base_values.cpu().expand(len(specs), b).clone()  # a no-op patch leaves the base's value
+    values = torch.empty(len(specs), b)  # no-ops: the base's value, set at the end
     rest = run.unchanged.all(1).logical_not().nonzero()[:, 0].tolist()  # the patches worth a forward
     if method == "reuse":
         idx = [i for i in rest if start_of(model, specs[i], run.infos[specs[i].hook]) is not None]
@@ -117,7 +117,7 @@ def activation_patching(
             .float()
             .cpu()
         )
-    values = torch.where(run.unchanged, run.base_values.cpu(), values)  # exactly, not up to rounding
+    values = torch.where(run.unchanged, run.base_values.cpu(), values)  # no-ops exactly, not up to rounding
     return frame(specs, values, run)
 
 
@@ -187,9 +187,7 @@ class Prepared:
     clean_values: Tensor | None = None  # [B] the metric of each clean example
     corrupt_values: Tensor | None = None  # [B] the metric of each corrupted example
     attention_mask: Tensor | None = None  # [B, P] 1 = token, 0 = padding; None: no padding
-    unchanged: Tensor | None = (
-        None  # [S, B] bool: spec s patches example b with its own value (`no_op_hooks`)
-    )
+    unchanged: Tensor | None = None  # [S, B] bool: spec s is a no-op for example b (`no_op_hooks`)
 
     @property
     def base_values(self) -> Tensor | None:
@@ -335,12 +333,11 @@ def _make_patch_hook(mask: Tensor, source: Tensor, k: int, b: int, pos: int | No
     few of the positions (axis `pos` of act), only those are merged and the rest copied: a `where` over
     every position of a Mamba state [K*B, D, P, N] took a third of a state patch's time."""
     ax = None if pos is None else pos + 1  # the axis in the [K, B, ...] view
-    changed = touched = None  # the positions the specs write; those merged one by one
+    marked = touched = None  # the positions written, when not all of them; when few, merged one by one
     if ax is not None:
-        changed = mask.any(dim=tuple(i for i in range(mask.ndim) if i != ax)).nonzero()[:, 0]
-        if mask.shape[ax] > 1 and 2 * len(changed) <= mask.shape[ax]:
-            touched = changed
-        changed = changed if len(changed) < mask.shape[ax] else None
+        written = mask.any(dim=tuple(i for i in range(mask.ndim) if i != ax)).nonzero()[:, 0]
+        marked = written if len(written) < mask.shape[ax] else None
+        touched = written if mask.shape[ax] > 1 and 2 * len(written) <= mask.shape[ax] else None
     if touched is not None:
         mask, source = mask.index_select(ax, touched), source.index_select(ax, touched)
 
@@ -353,7 +350,7 @@ def _make_patch_hook(mask: Tensor, source: Tensor, k: int, b: int, pos: int | No
             out = act.clone()  # in act's memory layout: a copy in another one costs several times more
             out.unflatten(0, (k, b)).index_copy_(ax, touched, merged)
         # a Mamba state hook then compares only where the specs wrote
-        return out if changed is None else mark_edited(out, act, changed, pos)
+        return out if marked is None else mark_edited(out, act, marked, pos)
 
     return hook_fn
 
