@@ -8,7 +8,8 @@ TransformerLens's own patching.
 
 Workload: full layer x head x position noising of `hook_z` on the hash-copy construction
 (`interp.models.hash_copy`, 2 layers x 5 heads, whose circuit is known) and on GPT-style transformers
-(RoPE, width 64, 4 heads, 2 or 4 layers); full layer x channel group (4) x position noising of Mamba-1's
+(RoPE, width 64, 4 heads, 2 or 4 layers; sequential blocks, or with `--parallel-residual` GPT-NeoX's
+(Pythia's) parallel attention + MLP block); full layer x channel group (4) x position noising of Mamba-1's
 `hook_ssm_state` (width 64, 2 layers, d_state 16). Lengths are string lengths: 2 * L + 3 positions. The
 transformers and Mamba are trained briefly on the copy task first (`--train-steps`, default 150 steps
 of `interp.training.train`, cached in the temp folder): not random weights, though speed does not
@@ -75,11 +76,13 @@ class Case:
     batch: int  # clean/corrupted example pairs
     length: int  # string length (positions = 2 * length + 3)
     same_prefix: float = 0.0  # fraction of the string's first letters the corrupted string shares
+    parallel: bool = False  # transformers: GPT-NeoX's (Pythia's) parallel attention + MLP block
 
     @property
     def label(self) -> str:
         shared = f" shared {self.same_prefix:.0%}" if self.same_prefix else ""
-        return f"{self.model} B={self.batch} P={2 * self.length + 3}{shared}"
+        layout = " parallel" if self.parallel else ""
+        return f"{self.model}{layout} B={self.batch} P={2 * self.length + 3}{shared}"
 
     @property
     def family(self) -> str:
@@ -91,21 +94,29 @@ def cases(args) -> list[Case]:
     if args.quick:
         return [Case("hash-copy", 2, 4, f), Case("mamba-L2", 2, 4, f)]
     grid = [
-        Case(f"transformer-L{n}", b, t, f) for n in args.layers for b in args.batches for t in args.lengths
+        Case(f"transformer-L{n}", b, t, f, args.parallel_residual)
+        for n in args.layers
+        for b in args.batches
+        for t in args.lengths
     ]
     mamba = [Case("mamba-L2", b, min(args.lengths), f) for b in args.batches]
     return [c for c in [Case("hash-copy", 16, 12, f)] + grid + mamba if c.family in args.families]
 
 
-def trained(name: str, steps: int):
-    """A 2- or 4-layer transformer or a Mamba, trained `steps` steps on copying (cached on disk)."""
+def trained(name: str, steps: int, parallel: bool = False):
+    """A 2- or 4-layer transformer (parallel: GPT-NeoX's block) or a Mamba, trained `steps` steps on
+    copying (cached on disk)."""
     family, n_layers = name.split("-L")
     kw = dict(d_vocab=TASK.vocab.size, d_model=64, n_layers=int(n_layers))
-    kw.update(n_heads=4, n_ctx=1024) if family == "transformer" else kw.update(d_state=16)
+    if family == "transformer":
+        kw.update(n_heads=4, n_ctx=1024, parallel_residual=parallel)
+    else:
+        kw.update(d_state=16)
     torch.manual_seed(0)
     model = build_model(family, **kw)
     if steps:
-        path = Path(tempfile.gettempdir()) / "interp-benchmark-patching" / f"{name}-{steps}.pt"
+        layout = "-parallel" if parallel else ""
+        path = Path(tempfile.gettempdir()) / "interp-benchmark-patching" / f"{name}{layout}-{steps}.pt"
         if path.exists():
             model.load_state_dict(torch.load(path))
         else:
@@ -122,7 +133,9 @@ def trained(name: str, steps: int):
 def workload(case: Case, steps: int):
     """(model, clean tokens, corrupt tokens, metric, specs) for one case."""
     model = (
-        build_hash_copy(N_LETTERS, 3, n_ctx=1024) if case.model == "hash-copy" else trained(case.model, steps)
+        build_hash_copy(N_LETTERS, 3, n_ctx=1024)
+        if case.model == "hash-copy"
+        else trained(case.model, steps, case.parallel)
     )
     torch.manual_seed(0)
     # the hash-copy circuit reads 3-grams; 8 letters have too few distinct 3-grams for 32 strings of 256
@@ -278,6 +291,12 @@ def main(argv: list[str] | None = None) -> int:
         help="corrupted strings share the clean ones' first F of letters (a minimal pair; 0 = independent "
         "strings, issue 15's workload): reuse skips the patches before the first difference",
     )
+    p.add_argument(
+        "--parallel-residual",
+        action="store_true",
+        help="the transformers use GPT-NeoX's (Pythia's) parallel attention + MLP block instead of the "
+        "sequential one",
+    )
     args = p.parse_args(argv)
     if not 0 <= args.same_prefix < 1:
         p.error(f"--same-prefix must be in [0, 1), got {args.same_prefix}")
@@ -310,7 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append(
                 [
-                    case.model + (f" (shares {case.same_prefix:.0%})" if case.same_prefix else ""),
+                    case.model
+                    + (" parallel" if case.parallel else "")
+                    + (f" (shares {case.same_prefix:.0%})" if case.same_prefix else ""),
                     case.batch,
                     2 * case.length + 3,
                     r["n"],

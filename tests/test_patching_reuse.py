@@ -413,6 +413,54 @@ def test_reuse_uses_the_one_key_update(models, monkeypatch):
     assert not torch.allclose(torch.tensor(broken.metric.values), torch.tensor(reuse.metric.values))
 
 
+@pytest.mark.parametrize("hooked_mlp", [False, True])
+def test_parallel_blocks_reuse_the_recorded_mlp_output(hooked_mlp, monkeypatch):
+    """In a parallel (GPT-NeoX) block the MLP reads the block's input, not the attention output: after a
+    position-local patch in the block below, the next block's MLP runs on the patched position alone and
+    takes the recorded output elsewhere. A user's hook on that MLP's output gets every position computed."""
+    torch.manual_seed(3)
+    model = sharpened(
+        build_model(
+            "transformer", d_vocab=TASK.vocab.size, d_model=16, n_layers=3, n_heads=2, parallel_residual=True
+        )
+    )
+    clean, corrupt = paired_batches(TASK, 2, 5)
+    metric = make_metric("logit_diff", clean, corrupt)
+    n = clean.tokens.shape[1]
+    specs = patch_specs(model, "z", heads=True, positions=True, n_pos=n)
+    specs += patch_specs(model, "mlp_out", positions=True, n_pos=n) + patch_specs(
+        model, "resid_pre", positions=True, n_pos=n
+    )
+    args = (model, clean.tokens, corrupt.tokens, metric, specs)
+    seen = []  # positions block 1's MLP computes in each resumed pass that starts in block 0
+    model.blocks[1].mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
+    resume, forward_from = model.resume_state, model.forward_from
+
+    def spied(state, layer, pos, **options):
+        seen.clear()
+        logits = forward_from(state, layer, pos, **options)
+        if layer == 0 and options.get("single"):
+            runs.append((pos, seen[:]))
+        return logits
+
+    monkeypatch.setattr(model, "forward_from", spied)
+    if hooked_mlp:
+        model.hook_dict["blocks.1.hook_mlp_out"].add_perma_hook(lambda act, hook: act * 1.5)
+    try:
+        runs = []
+        reuse = activation_patching(*args, mode="noise", method="reuse")
+        assert_same(reuse, activation_patching(*args, mode="noise", method="loop"), torch.float64)
+        assert runs and all(s == ([1] if not hooked_mlp else [n - pos]) for pos, s in runs)
+        # the recording is what it reads: corrupted, the result changes (unless the hook makes it compute)
+        monkeypatch.setattr(
+            model, "resume_state", lambda *a: (s := resume(*a)).mlp_out[1].mul_(0) is None or s
+        )
+        broken = activation_patching(*args, mode="noise", method="reuse")
+    finally:
+        model.reset_hooks(including_permanent=True)
+    assert torch.allclose(torch.tensor(broken.metric.values), torch.tensor(reuse.metric.values)) == hooked_mlp
+
+
 @pytest.mark.parametrize("padded", [False, True])
 @pytest.mark.parametrize("positional", ["rope", "hard_alibi"])
 def test_hybrid_reuse_equals_loop(positional, padded):

@@ -339,14 +339,22 @@ class Block(nn.Module):
         self.hook_resid_post = Hook("batch pos d_model")  # [batch, pos, d_model]
 
     def forward(self, resid: Tensor, bias: Tensor | None, rotary, past=None, known=None, rows=None) -> Tensor:
-        """past, known, rows: see `Attention.forward` (with rows, the block returns those positions only)."""
+        """past, known, rows: see `Attention.forward` (with rows, the block returns those positions only).
+        A parallel block given `known.mlp_out` runs its MLP on the first P - T positions only."""
         resid = self.hook_resid_pre(resid)
         attn_out = self.hook_attn_out(self.attn(self.ln1(resid), bias, rotary, past, known, rows))
+        if self.parallel:  # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
+            recorded = None if known is None else known.mlp_out
+            if recorded is None:
+                resid = resid if rows is None else resid[:, rows]
+                mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid)))
+            else:  # the MLP's input after its first m positions is the recorded one, and so is its output
+                m = resid.shape[1] - recorded.shape[1]
+                mlp_out = append_known(self.mlp(self.ln2(resid[:, :m])), recorded, dim=1)
+                resid, mlp_out = (resid, mlp_out) if rows is None else (resid[:, rows], mlp_out[:, rows])
+            return self.hook_resid_post(resid + attn_out + mlp_out)
         if rows is not None:
             resid = resid[:, rows]
-        if self.parallel:  # GPT-NeoX: x + attn(ln1(x)) + mlp(ln2(x))
-            mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid)))
-            return self.hook_resid_post(resid + attn_out + mlp_out)
         resid = self.hook_resid_mid(resid + attn_out)
         mlp_out = self.hook_mlp_out(self.mlp(self.ln2(resid)))
         return self.hook_resid_post(resid + mlp_out)
@@ -536,6 +544,7 @@ class HookedTransformer(HookedModel):
         resids: list[Tensor] = []
         queries: list[Tensor] = []  # after rotary, as the keys in the cache
         zs: list[Tensor] = []
+        mlp_outs: list[Tensor | None] = [None] * len(self.blocks)  # parallel blocks from 1 (`forward_from`)
         q_hook = "attn.hook_rot_q" if self.cfg.uses_rotary else "attn.hook_q"
         before, after = [], []
         for i in range(len(self.blocks)):
@@ -544,13 +553,17 @@ class HookedTransformer(HookedModel):
                 (f"blocks.{i}.attn.hook_z", lambda act, hook: zs.append(act.transpose(1, 2))),
             ]
             after.append((f"blocks.{i}.{q_hook}", lambda act, hook: queries.append(act.transpose(1, 2))))
+            if self.cfg.parallel_residual and i:
+                after.append(
+                    (f"blocks.{i}.hook_mlp_out", lambda act, hook, i=i: mlp_outs.__setitem__(i, act))
+                )
         with torch.no_grad(), self.hooks_first(before):
             logits = self.run_with_hooks(tokens, attention_mask, past_kv_cache=cache, fwd_hooks=after)
             bias, _ = self._bias_and_rotary(0, tokens.shape[1], cache.key_mask, tokens.device)
             # block 0 never resumes after a patch below it: its normaliser is not needed
             lse = [None] + [log_normaliser(q, kv[0], bias) for q, kv in zip(queries[1:], cache.layers[1:])]
         return ResumeState(
-            logits, resids, [layer for layer in cache.layers], cache.key_mask, queries, zs, lse
+            logits, resids, [layer for layer in cache.layers], cache.key_mask, queries, zs, lse, mlp_outs
         )
 
     POSITION_LOCAL: ClassVar[frozenset[str]] = POSITION_LOCAL
@@ -602,15 +615,20 @@ class HookedTransformer(HookedModel):
             resid = torch.cat([resid, state.resid[layer + 1][:, rest].repeat(copies, 1, 1)], 1)
             first = layer + 1
             # The next block's input changed at pos only: its queries, keys and values after pos are the
-            # recorded ones, and so are their attention outputs but for key pos (unless a hook there wants
-            # to see them computed).
-            attn = self.blocks[first].attn
+            # recorded ones, and so are their attention outputs but for key pos, and a parallel block's MLP
+            # output (unless a hook there wants to see them computed).
+            block = self.blocks[first]
+            attn = block.attn
             inputs = (attn.hook_q, attn.hook_k, attn.hook_v, attn.hook_rot_q, attn.hook_rot_k)
             if not any(h.active for h in inputs):
+                mlp_out = state.mlp_out[first]
                 known = Recorded(
                     *(t[:, :, rest] for t in (state.q[first], *state.kv[first], state.z[first])),
                     state.lse[first][:, :, rest],
                     *(t[:, :, pos : pos + 1] for t in state.kv[first]),
+                    None
+                    if mlp_out is None or hooked(block.ln2, block.mlp, block.hook_mlp_out)
+                    else mlp_out[:, rest],
                 )
         rows = None
         if readout is not None and layer < last and not hooked(self.blocks[last], self.ln_final):
@@ -656,6 +674,7 @@ class ResumeState:
     q: list[Tensor]  # per layer: queries [B, H, P, Dh] (after rotary)
     z: list[Tensor]  # per layer: attention output [B, H, P, Dh]
     lse: list[Tensor | None]  # per layer from 1: logsumexp of each query's scores [B, H, P]
+    mlp_out: list[Tensor | None]  # per parallel layer from 1: blocks.{l}.hook_mlp_out [B, P, d_model]
     # buffers kept across passes; not an init field, so dataclasses.replace(state) starts without them
     _slots: dict[int, KVSlots] = field(default_factory=dict, init=False, repr=False)
 
@@ -738,8 +757,9 @@ class Recorded:
     """A block's recorded queries, keys and values [B, H, T, Dh] (after rotary) of its last T positions,
     the same in each copy of the batch, which `Attention.forward` then does not project. For a block whose
     input changed at the one position before them (after a position-local patch in the block below) also
-    their recorded attention output z [B, H, T, Dh] and log-normaliser lse [B, H, T], and the recorded key
-    and value at that position [B, H, 1, Dh] (`one_key_changed`)."""
+    their recorded attention output z [B, H, T, Dh] and log-normaliser lse [B, H, T], the recorded key
+    and value at that position [B, H, 1, Dh] (`one_key_changed`), and in a parallel block the recorded
+    MLP output of the T positions (`Block.forward`)."""
 
     q: Tensor
     k: Tensor
@@ -748,14 +768,16 @@ class Recorded:
     lse: Tensor | None = None
     k_pos: Tensor | None = None
     v_pos: Tensor | None = None
+    mlp_out: Tensor | None = None  # [B, T, d_model]: a parallel block's MLP output, whose input is recorded
 
 
-def append_known(new: Tensor, known: Tensor) -> Tensor:
-    """new [K*B, H, m, Dh] followed by known [B, H, T, Dh] (the same in each of the K copies) along
-    positions -> [K*B, H, m + T, Dh], written once (no repeat, no concatenation)."""
-    out = new.new_empty((new.shape[0], new.shape[1], new.shape[2] + known.shape[2], new.shape[3]))
-    out[:, :, : new.shape[2]] = new
-    out.unflatten(0, (-1, known.shape[0]))[:, :, :, new.shape[2] :] = known[None]
+def append_known(new: Tensor, known: Tensor, dim: int = 2) -> Tensor:
+    """new [K*B, ..., m, ...] followed by known [B, ..., T, ...] (the same in each of the K copies) along
+    positions, dimension `dim` -> [K*B, ..., m + T, ...], written once (no repeat, no concatenation)."""
+    m = new.shape[dim]
+    out = new.new_empty(new.shape[:dim] + (m + known.shape[dim],) + new.shape[dim + 1 :])
+    out.narrow(dim, 0, m).copy_(new)
+    out.unflatten(0, (-1, known.shape[0])).narrow(dim + 1, m, known.shape[dim]).copy_(known[None])
     return out
 
 
