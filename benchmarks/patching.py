@@ -368,10 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     attr = [r["sec"]["loop"] / r["sec"]["attribution"] for r in results]
     print(f"ratio loop / attribution patching: {min(attr):.0f}x-{max(attr):.0f}x")
     corrs = [r["corr"] for r in results if r["corr"] == r["corr"]]
-    print(
-        "attribution vs activation patching (hash-copy, layer x head x position, noising): Pearson r = "
-        + ", ".join(f"{c:.3f}" for c in corrs)
-    )
+    if corrs:  # only the hash-copy case computes it
+        print(
+            "attribution vs activation patching (hash-copy, layer x head x position, noising): Pearson r = "
+            + ", ".join(f"{c:.3f}" for c in corrs)
+        )
     worst = {m: max(r["diffs"].get(m, 0.0) for r in results) for m in ("reuse", "batched", "tl")}
     print(f"batched == loop: max |metric difference| {worst['batched']:.2e}")
     print(

@@ -1,5 +1,7 @@
 """Reused patching (start at the patch's layer and position) equals the one-forward-per-patch loop."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -321,18 +323,24 @@ def test_forward_from_readout_computes_the_read_positions(models):
     tokens = paired_batches(TASK, 2, 6)[0].tokens
     n = tokens.shape[1]
     state = model.resume_state(tokens)
-    read = torch.tensor([2, 5, n - 1])
     edit = lambda act, hook: act * 1.5  # noqa: E731  changes every position it sees
-    for layer, pos in ((0, 0), (1, 4), (0, n - 1)):
+    # scattered positions, and a run of them (which the pass indexes as a slice)
+    for read, (layer, pos) in itertools.product(
+        (torch.tensor([2, 5, n - 1]), torch.arange(3, n - 1)), ((0, 0), (1, 4), (0, n - 1))
+    ):
         with model.hooks(fwd_hooks=[(f"blocks.{layer}.hook_attn_out", edit)]):
             full = model.forward_from(state, layer, pos, copies=2)
             part = model.forward_from(state, layer, pos, copies=2, readout=read)
         rows = read[read >= pos] - pos
+        if not rows.numel():  # nothing read, but a pass that is not position-local runs in full
+            assert torch.equal(part, full)
+            continue
         torch.testing.assert_close(part[:, rows], full[:, rows], atol=1e-12, rtol=0)
+        assert not torch.equal(full[:, rows], state.logits[:, pos:][:, rows].repeat(2, 1, 1))
         others = torch.ones(n - pos, dtype=torch.bool)
         others[rows] = False
         assert torch.equal(part[:, others], state.logits[:, pos:][:, others].repeat(2, 1, 1))
-        assert not torch.equal(full[:, rows], state.logits[:, pos:][:, rows].repeat(2, 1, 1))
+    read = torch.tensor([2, 5, n - 1])
     with model.hooks(fwd_hooks=[("blocks.0.hook_attn_out", edit)]):
         skipped = model.forward_from(state, 0, 6, single=True, readout=torch.tensor([2, 5]))
     assert torch.equal(skipped, state.logits[:, 6:])

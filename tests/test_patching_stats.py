@@ -12,7 +12,7 @@ from interp.analysis.patching import (
     paired_batches,
     patch_specs,
 )
-from interp.analysis.patching.stats import effect_intervals
+from interp.analysis.patching.stats import effect_intervals, percentile
 from interp.analysis.plotting import plot_patching_heatmap
 from interp.models.hash_copy import build_hash_copy
 from interp.tasks import TaskConfig
@@ -63,3 +63,12 @@ def test_bootstrap_interval_of_known_data():
     np.testing.assert_allclose(bars["hi"] - bars["lo"], 2 * 1.96 * bars["se"], rtol=0.15)  # ~ normal
     with pytest.raises(ValueError, match="strictly between"):
         effect_intervals(effects, ci=1.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 1000])
+def test_percentile_equals_torch_quantile(n):
+    gen = torch.Generator().manual_seed(n)
+    x = torch.randn(5, n, generator=gen, dtype=torch.float64)
+    x[0] = x[0].round()  # ties
+    for q in (0.0, 0.025, 0.3, 0.5, 0.975, 1.0):
+        torch.testing.assert_close(percentile(x, q), torch.quantile(x, q, dim=1), rtol=0, atol=1e-12)

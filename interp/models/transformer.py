@@ -169,7 +169,7 @@ class Attention(nn.Module):
         rotary: tuple[Tensor, Tensor] | None,
         past: list[Tensor] | KVSlots | None = None,
         known: Recorded | None = None,
-        rows: Tensor | None = None,
+        rows: Tensor | slice | None = None,
     ) -> Tensor:
         """x [B, P, d_model] -> [B, P, d_model]. `past` ([] or [keys, values], each [B, H, T, Dh]) is this
         layer's KV cache: earlier keys and values are prepended and the list is updated in place. A
@@ -177,7 +177,7 @@ class Attention(nn.Module):
 
         known (with `KVSlots`): the recorded queries, keys and values of x's last T positions (`Recorded`);
         only the first P - T positions are projected (and their q/k/v hooks see only those).
-        rows: the query positions (indices into P) whose output is wanted -> [B, len(rows), d_model]."""
+        rows: the query positions (indices into P, or a slice of them) whose output is wanted -> [B, len(rows), d_model]."""
         b, p, _ = x.shape
         cfg = self.cfg
         if known is not None:
@@ -231,7 +231,7 @@ def attention_scores(q: Tensor, k: Tensor, bias: Tensor | None) -> Tensor:
     return scores + bias.to(scores.dtype)
 
 
-def query_rows(bias: Tensor | None, rows: Tensor, pq: int, pk: int, device) -> Tensor:
+def query_rows(bias: Tensor | None, rows: Tensor | slice, pq: int, pk: int, device) -> Tensor:
     """`attention_bias`'s bias for the queries `rows` (indices into its Pq queries, the last Pq of Pk
     positions) only; None (causal) becomes the equivalent boolean mask."""
     return (causal_mask(pq, pk, device) if bias is None else bias)[..., rows, :]
@@ -637,6 +637,10 @@ class HookedTransformer(HookedModel):
                 if single and not hooked(*self.blocks[first:]):
                     return state.logits[:, pos:].repeat(copies, 1, 1)
                 rows = None
+            elif (
+                int(rows[-1] - rows[0]) + 1 == rows.numel()
+            ):  # a run of positions: index by views, not copies
+                rows = slice(int(rows[0]), int(rows[-1]) + 1)
         bias, rotary = self._bias_and_rotary(pos, n, key_mask, device)
         for i in range(first, len(self.blocks)):
             resid = self.blocks[i](

@@ -49,9 +49,25 @@ def effect_intervals(
         1, draws, torch.ones(n_boot, b).double()
     )
     lo, hi = torch.empty(s, dtype=torch.float64), torch.empty(s, dtype=torch.float64)
-    q = torch.tensor([(1 - ci) / 2, (1 + ci) / 2], dtype=torch.float64)
     for start in range(0, s, 256):  # [256, n_boot] at a time
         boot = effects[start : start + 256] @ counts.T / b
-        lo[start : start + 256], hi[start : start + 256] = torch.quantile(boot, q, dim=1)
+        lo[start : start + 256] = percentile(boot, (1 - ci) / 2)
+        hi[start : start + 256] = percentile(boot, (1 + ci) / 2)
     distinct = (lo > 0) | (hi < 0)
     return {"se": se.numpy(), "lo": lo.numpy(), "hi": hi.numpy(), "distinct": distinct.numpy()}
+
+
+def percentile(x: Tensor, q: float) -> Tensor:
+    """`torch.quantile(x, q, dim=1)` (linear interpolation) of x [S, n], from the few order statistics it
+    needs (`topk` of the nearer tail: 3x faster on CPU than quantile's full sort of each row)."""
+    n = x.shape[1]
+    at = q * (n - 1)
+    below = int(at)
+    above = min(below + 1, n - 1)
+    if below < n / 2:
+        tail = x.topk(above + 1, 1, largest=False).values  # ascending: tail[:, j] is order statistic j
+        low, high = tail[:, below], tail[:, above]
+    else:
+        tail = x.topk(n - below, 1, largest=True).values  # descending: tail[:, j] is order statistic n-1-j
+        low, high = tail[:, n - 1 - below], tail[:, n - 1 - above]
+    return torch.lerp(low, high, at - below)
