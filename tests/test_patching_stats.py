@@ -70,5 +70,8 @@ def test_percentile_equals_torch_quantile(n):
     gen = torch.Generator().manual_seed(n)
     x = torch.randn(5, n, generator=gen, dtype=torch.float64)
     x[0] = x[0].round()  # ties
+    x[1, n // 2] = float("nan")  # a NaN makes the row's percentile NaN, as in quantile
     for q in (0.0, 0.025, 0.3, 0.5, 0.975, 1.0):
-        torch.testing.assert_close(percentile(x, q), torch.quantile(x, q, dim=1), rtol=0, atol=1e-12)
+        torch.testing.assert_close(
+            percentile(x, q), torch.quantile(x, q, dim=1), rtol=0, atol=1e-12, equal_nan=True
+        )

@@ -70,4 +70,5 @@ def percentile(x: Tensor, q: float) -> Tensor:
     else:
         tail = x.topk(n - below, 1, largest=True).values  # descending: tail[:, j] is order statistic n-1-j
         low, high = tail[:, n - 1 - below], tail[:, n - 1 - above]
-    return torch.lerp(low, high, at - below)
+    # a row with a NaN has no percentile (as in quantile); topk would rank the NaN above every number
+    return torch.lerp(low, high, at - below).masked_fill(x.isnan().any(1), float("nan"))
