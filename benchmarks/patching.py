@@ -92,7 +92,8 @@ class Case:
 def cases(args) -> list[Case]:
     f = args.same_prefix
     if args.quick:
-        return [Case("hash-copy", 2, 4, f), Case("mamba-L2", 2, 4, f)]
+        layout = [Case("transformer-L2", 2, 4, f, True)] if args.parallel_residual else []
+        return [Case("hash-copy", 2, 4, f), *layout, Case("mamba-L2", 2, 4, f)]
     grid = [
         Case(f"transformer-L{n}", b, t, f, args.parallel_residual)
         for n in args.layers

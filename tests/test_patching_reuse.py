@@ -361,11 +361,13 @@ def test_forward_from_readout_computes_the_read_positions(models):
             model.forward_from(state, 0, 1, readout=bad)
 
 
+@pytest.mark.parametrize("in_place", [False, True])
 @pytest.mark.parametrize("arch", ["transformer", "mamba", "hybrid"])
-def test_reuse_equals_loop_with_user_hooks_editing(arch):
+def test_reuse_equals_loop_with_user_hooks_editing(arch, in_place):
     """A user's hooks that edit activations (steering, scaling) stay on while patching: a resumed pass
     sends the recorded block inputs and attention outputs through them again, so they are recorded before
-    the user's edit (`hooks_first`), and the result equals the loop's, which runs them once per forward."""
+    the user's edit (`hooks_first`; copied, so an edit in place leaves the recording alone), and the result
+    equals the loop's, which runs them once per forward."""
     torch.manual_seed(5)
     kw = dict(d_vocab=TASK.vocab.size, d_model=16)
     if arch == "transformer":
@@ -379,9 +381,14 @@ def test_reuse_equals_loop_with_user_hooks_editing(arch):
     metric = make_metric("logit_diff", clean, corrupt)
     n = clean.tokens.shape[1]
     steer = torch.randn(16, dtype=torch.float64)
-    edits = {"blocks.1.hook_resid_pre": lambda act, hook: act + steer}
-    if arch != "mamba":
-        edits["blocks.2.attn.hook_z"] = lambda act, hook: act * 2.0
+    if in_place:
+        edits = {"blocks.1.hook_resid_pre": lambda act, hook: act.add_(steer)}
+        if arch != "mamba":
+            edits["blocks.2.attn.hook_z"] = lambda act, hook: act.mul_(2.0)
+    else:
+        edits = {"blocks.1.hook_resid_pre": lambda act, hook: act + steer}
+        if arch != "mamba":
+            edits["blocks.2.attn.hook_z"] = lambda act, hook: act * 2.0
     heads = "z" if arch != "mamba" else "mixer_out"
     specs = patch_specs(model, heads, positions=True, n_pos=n, **({"heads": True} if heads == "z" else {}))
     specs += patch_specs(model, "resid_pre", positions=True, n_pos=n)
@@ -421,52 +428,65 @@ def test_reuse_uses_the_one_key_update(models, monkeypatch):
     assert not torch.allclose(torch.tensor(broken.metric.values), torch.tensor(reuse.metric.values))
 
 
-@pytest.mark.parametrize("hooked_mlp", [False, True])
-def test_parallel_blocks_reuse_the_recorded_mlp_output(hooked_mlp, monkeypatch):
+@pytest.mark.parametrize(
+    "watched,padded",
+    [
+        (None, False),
+        (None, True),
+        ("hook_mlp_out", False),
+        ("mlp.hook_post", False),
+        ("ln2.hook_normalized", False),
+    ],
+)
+def test_parallel_blocks_reuse_the_recorded_mlp_output(watched, padded, monkeypatch):
     """In a parallel (GPT-NeoX) block the MLP reads the block's input, not the attention output: after a
     position-local patch in the block below, the next block's MLP runs on the patched position alone and
-    takes the recorded output elsewhere. A user's hook on that MLP's output gets every position computed."""
+    takes the recorded output elsewhere. A user's hook on that MLP (its input norm, inside, its output)
+    sees every position computed."""
     torch.manual_seed(3)
     model = sharpened(
         build_model(
             "transformer", d_vocab=TASK.vocab.size, d_model=16, n_layers=3, n_heads=2, parallel_residual=True
         )
     )
-    clean, corrupt = paired_batches(TASK, 2, 5)
-    metric = make_metric("logit_diff", clean, corrupt)
-    n = clean.tokens.shape[1]
+    clean, corrupt = paired_batches(TASK, 3, 5)
+    tokens, corrupted, metric, attention_mask = pair_inputs(clean, corrupt, [0, 2, 1] if padded else None)
+    n = tokens.shape[1]
     specs = patch_specs(model, "z", heads=True, positions=True, n_pos=n)
     specs += patch_specs(model, "mlp_out", positions=True, n_pos=n) + patch_specs(
         model, "resid_pre", positions=True, n_pos=n
     )
-    args = (model, clean.tokens, corrupt.tokens, metric, specs)
+    args = (model, tokens, corrupted, metric, specs)
+    options = dict(mode="noise", attention_mask=attention_mask)
     seen = []  # positions block 1's MLP computes in each resumed pass that starts in block 0
     model.blocks[1].mlp.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[1]))
     resume, forward_from = model.resume_state, model.forward_from
 
-    def spied(state, layer, pos, **options):
+    def spied(state, layer, pos, **kw):
         seen.clear()
-        logits = forward_from(state, layer, pos, **options)
-        if layer == 0 and options.get("single"):
+        logits = forward_from(state, layer, pos, **kw)
+        if layer == 0 and kw.get("single"):
             runs.append((pos, seen[:]))
         return logits
 
     monkeypatch.setattr(model, "forward_from", spied)
-    if hooked_mlp:
-        model.hook_dict["blocks.1.hook_mlp_out"].add_perma_hook(lambda act, hook: act * 1.5)
+    if watched:
+        model.hook_dict[f"blocks.1.{watched}"].add_perma_hook(lambda act, hook: act * 1.5)
     try:
         runs = []
-        reuse = activation_patching(*args, mode="noise", method="reuse")
-        assert_same(reuse, activation_patching(*args, mode="noise", method="loop"), torch.float64)
-        assert runs and all(s == ([1] if not hooked_mlp else [n - pos]) for pos, s in runs)
-        # the recording is what it reads: corrupted, the result changes (unless the hook makes it compute)
+        reuse = activation_patching(*args, **options, method="reuse")
+        assert_same(reuse, activation_patching(*args, **options, method="loop"), torch.float64)
+        assert runs and all(s == ([n - pos] if watched else [1]) for pos, s in runs)
+        # the recording is what it reads: corrupted, the result changes (unless a watched MLP computes)
         monkeypatch.setattr(
             model, "resume_state", lambda *a: (s := resume(*a)).mlp_out[1].mul_(0) is None or s
         )
-        broken = activation_patching(*args, mode="noise", method="reuse")
+        broken = activation_patching(*args, **options, method="reuse")
     finally:
         model.reset_hooks(including_permanent=True)
-    assert torch.allclose(torch.tensor(broken.metric.values), torch.tensor(reuse.metric.values)) == hooked_mlp
+    assert torch.allclose(torch.tensor(broken.metric.values), torch.tensor(reuse.metric.values)) == bool(
+        watched
+    )
 
 
 @pytest.mark.parametrize("padded", [False, True])

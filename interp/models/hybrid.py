@@ -398,7 +398,9 @@ class HookedHybrid(HookedModel):
         rope = self.attn_cfg is not None and self.attn_cfg.uses_rotary
         inputs, hooks = [], []  # each layer's input before any user hook edits it (see `record_resume`)
         for i, (kind, block) in enumerate(zip(self.cfg.layers, self.blocks, strict=True)):
-            inputs.append((f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act)))
+            inputs.append(
+                (f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act.clone()))
+            )
             if kind in SSM_KINDS:
                 inputs.append(seen_recorder(f"blocks.{i}.mixer", seen, i))
                 hooks += ssm_recorders(block.mixer, f"blocks.{i}.mixer", mask, conv_in, ssm, i)

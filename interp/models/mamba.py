@@ -450,14 +450,16 @@ def seen_states(seen: dict, key) -> Tensor | None:
 
 
 def record_resume(model, tokens: Tensor, attention_mask: Tensor | None) -> MambaResume:
-    """One forward of tokens [B, P] recording what `resume_ssm` restarts from: each block's input before
-    any user hook edits it (a resumed pass sends it through the hook again), the conv inputs and states
-    after (it reads them as they are)."""
+    """One forward of tokens [B, P] recording what `resume_ssm` restarts from: a copy of each block's input
+    before any user hook edits it, in place or not (a resumed pass sends it through the hook again), the
+    conv inputs and states after (it reads them as they are)."""
     mask = None if attention_mask is None else attention_mask.to(model.embed.weight.dtype)
     resid, conv_in, states, seen = {}, {}, {}, {}
     inputs, hooks = [], []
     for i, block in enumerate(model.blocks):
-        inputs.append((f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act)))
+        inputs.append(
+            (f"blocks.{i}.hook_resid_pre", lambda act, hook, i=i: resid.__setitem__(i, act.clone()))
+        )
         inputs.append(seen_recorder(f"blocks.{i}.mixer", seen, i))
         hooks += ssm_recorders(block.mixer, f"blocks.{i}.mixer", mask, conv_in, states, i)
     with torch.no_grad(), model.hooks_first(inputs):

@@ -177,7 +177,8 @@ class Attention(nn.Module):
 
         known (with `KVSlots`): the recorded queries, keys and values of x's last T positions (`Recorded`);
         only the first P - T positions are projected (and their q/k/v hooks see only those).
-        rows: the query positions (indices into P, or a slice of them) whose output is wanted -> [B, len(rows), d_model]."""
+        rows: the query positions (indices into P, or a slice of them) whose output is wanted
+        -> [B, len(rows), d_model]."""
         b, p, _ = x.shape
         cfg = self.cfg
         if known is not None:
@@ -539,7 +540,8 @@ class HookedTransformer(HookedModel):
     def resume_state(self, tokens: Tensor, attention_mask: Tensor | None = None) -> ResumeState:
         """One forward of tokens [B, P] recording what `forward_from` restarts from. What a resumed pass
         sends through a hook again (each block's input, attention output z) is recorded before any user
-        hook edits it; what it reads as it is (keys/values before the start, queries), after."""
+        hook edits it, as a copy (a user's hook may edit in place); what it reads as it is (keys/values
+        before the start, queries), after."""
         cache = self.init_kv_cache()
         resids: list[Tensor] = []
         queries: list[Tensor] = []  # after rotary, as the keys in the cache
@@ -549,8 +551,8 @@ class HookedTransformer(HookedModel):
         before, after = [], []
         for i in range(len(self.blocks)):
             before += [
-                (f"blocks.{i}.hook_resid_pre", lambda act, hook: resids.append(act)),
-                (f"blocks.{i}.attn.hook_z", lambda act, hook: zs.append(act.transpose(1, 2))),
+                (f"blocks.{i}.hook_resid_pre", lambda act, hook: resids.append(act.clone())),
+                (f"blocks.{i}.attn.hook_z", lambda act, hook: zs.append(act.transpose(1, 2).clone())),
             ]
             after.append((f"blocks.{i}.{q_hook}", lambda act, hook: queries.append(act.transpose(1, 2))))
             if self.cfg.parallel_residual and i:
