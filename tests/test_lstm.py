@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from interp.models import build_model
@@ -34,6 +35,36 @@ def test_patching_the_cell_state_changes_only_later_positions():
     patched = model.run_with_hooks(tokens, fwd_hooks=[("blocks.0.hook_cell", patch)])
     torch.testing.assert_close(patched[:, :t], clean[:, :t])
     assert (patched[:, t:] - clean[:, t:]).abs().amax(-1).gt(1e-4).all(), "every later position must change"
+
+
+@pytest.mark.parametrize("arch", ["lstm", "mamba", "mamba2"])
+@pytest.mark.parametrize("style", ["in place", "in place, returning None"])
+def test_a_state_edited_in_place_feeds_the_recurrence_like_a_returned_edit(arch, style):
+    """A hook that edits a recurrent state in place (TransformerLens style) acts as one returning the edit:
+    later positions see it."""
+    torch.manual_seed(0)
+    kw = dict(d_vocab=12, d_model=16, n_layers=1)
+    model = build_model(arch, **kw, **({} if arch == "lstm" else {"d_state": 4}))
+    hook = "blocks.0.hook_cell" if arch == "lstm" else "blocks.0.mixer.hook_ssm_state"
+    tokens = torch.randint(0, 12, (2, 10))
+    t = 4  # the position axis: 1 in the LSTM's [B, P, D], 2 in Mamba's [B, D, P, N] (Mamba-2: [B, H, P, Dh, N])
+    at = (slice(None), t) if arch == "lstm" else (slice(None), slice(None), t)
+
+    def returned(act, hook):
+        act = act.clone()
+        act[at] = 3.0
+        return act
+
+    def in_place(act, hook):
+        act[at] = 3.0
+        return None if style.endswith("None") else act
+
+    clean = model(tokens)
+    expected = model.run_with_hooks(tokens, fwd_hooks=[(hook, returned)])
+    assert not torch.allclose(expected[:, t + 1 :], clean[:, t + 1 :])
+    torch.testing.assert_close(
+        model.run_with_hooks(tokens, fwd_hooks=[(hook, in_place)]), expected, atol=0, rtol=0
+    )
 
 
 def test_state_size_counts_hidden_and_cell():

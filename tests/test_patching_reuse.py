@@ -534,8 +534,7 @@ def test_state_patches_take_the_patched_layers_states_from_the_recording(arch, m
     scanning for them (`patched_hooks`): equal to the loop and to the pass that scans, no scan that
     materialises the states, and a corrupted recording changes the result. A user hook on that same hook
     editing in place leaves no recording to use (`MambaResume.seen` None); one that returns its input
-    scaled is applied to the recorded input, as the loop applies it to the unpatched states. Reuse equals
-    the loop with either."""
+    scaled is recorded with the states it was given."""
     import interp.models.mamba as mamba1  # noqa: PLC0415
     import interp.models.mamba2 as mamba2  # noqa: PLC0415
 
@@ -599,10 +598,51 @@ def test_state_patches_take_the_patched_layers_states_from_the_recording(arch, m
         model.hook_dict[hook].add_perma_hook(user_hook)
         try:
             assert (model.resume_state(clean.tokens).seen[layer] is not None) == recorded
-            edited = activation_patching(*args, mode="noise", method="reuse")
-            assert_same(edited, activation_patching(*args, mode="noise", method="loop"), torch.float64)
         finally:
             model.reset_hooks(including_permanent=True)
+
+
+@pytest.mark.parametrize(
+    "arch,hook",
+    [
+        ("lstm", "blocks.1.hook_cell"),
+        ("mamba", "blocks.1.mixer.hook_ssm_state"),
+        ("hybrid", "blocks.0.mixer.hook_ssm_state"),
+    ],
+)
+def test_hooks_kept_on_recurrent_states_make_patching_run_batched(arch, hook, monkeypatch):
+    """A hook of yours on a recurrent state (scaling it), kept on while patching: its edit is replayed
+    through the recurrence from position 0, which a resumed pass cannot reproduce (it would differ from the
+    loop), so "auto" runs batched and equals the loop, and "reuse" refuses, naming the hook."""
+    import interp.analysis.patching.activation as activation  # noqa: PLC0415
+
+    torch.manual_seed(5)
+    kw = dict(d_vocab=TASK.vocab.size, d_model=16)
+    if arch == "lstm":
+        model = build_model("lstm", n_layers=2, **kw)
+    elif arch == "mamba":
+        model = build_model("mamba", n_layers=2, d_state=4, **kw)
+    else:
+        model = build_model("hybrid", layers=["mamba", "attn"], n_heads=2, d_state=4, **kw)
+    model = sharpened(model)
+    clean, corrupt = paired_batches(TASK, 2, 5)
+    metric = make_metric("logit_diff", clean, corrupt)
+    n = clean.tokens.shape[1]
+    specs = patch_specs(model, "hidden" if arch == "lstm" else "resid_pre", positions=True, n_pos=n)
+    args = (model, clean.tokens, corrupt.tokens, metric, specs)
+    model.hook_dict[hook].add_perma_hook(lambda act, hook: act * 1.3)
+    try:
+        loop = activation_patching(*args, mode="noise", method="loop")
+        assert_same(activation_patching(*args, mode="noise", method="auto"), loop, torch.float64)
+        with pytest.raises(ValueError, match=f"cannot reproduce hooks kept on recurrent states \\({hook}\\)"):
+            activation_patching(*args, mode="noise", method="reuse")
+        monkeypatch.setattr(activation, "recurrent_hooks_in_use", lambda model: [])  # reuse regardless
+        unguarded = activation_patching(*args, mode="noise", method="reuse")
+        assert not torch.allclose(
+            torch.tensor(unguarded.metric.values), torch.tensor(loop.metric.values), atol=1e-4
+        )
+    finally:
+        model.reset_hooks(including_permanent=True)
 
 
 @pytest.mark.parametrize("method", ["reuse", "batched"])
@@ -725,6 +765,7 @@ def test_state_patches_compare_only_the_positions_they_wrote(arch, monkeypatch):
     """A patch hook marks the positions it wrote (`interp.hooks.mark_edited`), so the mixer compares only
     those to find its edit; a user hook on the state before it (returning a new tensor) voids the mark and
     the full compare runs. Both equal the loop."""
+    import interp.analysis.patching.activation as activation  # noqa: PLC0415
     from interp.hooks import edited_positions  # noqa: PLC0415
     from interp.models.state_edit import StateEdit  # noqa: PLC0415
 
@@ -753,6 +794,8 @@ def test_state_patches_compare_only_the_positions_they_wrote(arch, monkeypatch):
     same = [
         (f"blocks.{i}.mixer.hook_ssm_state", lambda act, hook: act * 1.0) for i in range(len(model.blocks))
     ]
+    # reuse refuses hooks of yours on a state (their edits replay the recurrence); this one edits nothing
+    monkeypatch.setattr(activation, "recurrent_hooks_in_use", lambda model: [])
     with model.hooks(fwd_hooks=same):
         watched = activation_patching(*args, mode="noise", method="reuse", max_batch=12)
     assert_same(watched, loop, torch.float64)

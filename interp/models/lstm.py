@@ -93,7 +93,11 @@ class LSTMLayer(nn.Module):
                 state_out.append((h_n[0], c_n[0]))
             return out
         h, c = lstm_reference(x, self.lstm, mask=mask, init=init)
+        versions = h._version, c._version
         h_new, c_new = self.hook_hidden(h), self.hook_cell(c)
+        if (h._version, c._version) != versions:
+            # A hook edited the state in place: recompute what it was given, to find its edits.
+            h, c = lstm_reference(x, self.lstm, mask=mask, init=init)
         if not (h_new is h and c_new is c):
             # A hook edited the state: replay the recurrence from the edits on.
             edit = lambda new, old: torch.where(new != old, new, torch.full_like(new, float("nan")))

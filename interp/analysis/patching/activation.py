@@ -12,7 +12,7 @@ from torch import Tensor
 
 from interp.analysis.patching.memory import budget_bytes, bytes_per_copy, copies_per_forward
 from interp.analysis.patching.metrics import Metric
-from interp.analysis.patching.reuse import can_resume, resumed, start_of
+from interp.analysis.patching.reuse import can_resume, recurrent_hooks_in_use, resumed, start_of
 from interp.analysis.patching.spec import PatchSpec, patch_specs
 from interp.analysis.patching.stats import effect_intervals, per_example_effects
 from interp.hooks import (
@@ -51,7 +51,8 @@ def activation_patching(
     method: "reuse" starts each patched forward at the patch's layer and position from one recorded
     base forward (`interp.analysis.patching.reuse`; models offering `forward_from`), "batched" runs
     floor(max_batch / B) patches per full forward on a repeated batch, "loop" runs one forward per patch
-    (the reference); "auto" = reuse where the model can, batched otherwise (and for hooks with no layer).
+    (the reference); "auto" = reuse where the model can, batched otherwise (and for hooks with no layer, and
+    while a hook of yours sits on a recurrent state, `reuse.recurrent_hooks_in_use`).
     axes: {hook or template: axes} for hooks whose axes the model does not declare
     (`interp.hooks.declare_axes`). Except with "loop", a patch that would write the base run's own value
     into every example (every position before a minimal pair's first difference) is not run: it gets the
@@ -81,12 +82,19 @@ def activation_patching(
         per_copy = bytes_per_copy(model, run.base, masked(attention_mask), hooks)
         return copies_per_forward(per_copy, budget, max_copies)
 
+    held = recurrent_hooks_in_use(model) if method in ("auto", "reuse") else []
     if method == "auto":
-        method = "reuse" if can_resume(model) else "batched"
+        method = "reuse" if can_resume(model) and not held else "batched"
     if method == "reuse" and not can_resume(model):
         raise ValueError(
             f"{type(model).__name__} cannot resume a forward (no forward_from / resume_state); "
             "use method='batched' or 'auto'"
+        )
+    if method == "reuse" and held:
+        raise ValueError(
+            f"method='reuse' cannot reproduce hooks kept on recurrent states ({', '.join(held)}): an edit there "
+            "is replayed through the recurrence from position 0, which a resumed pass does not run; remove "
+            "them, or use method='auto' (which then runs 'batched'), 'batched' or 'loop'"
         )
     if method == "loop":
         per_forward(list(range(len(specs))))  # one patch per forward must fit too

@@ -41,12 +41,26 @@ from torch import Tensor
 from interp.analysis.patching.memory import copies_per_forward, resumed_bytes
 from interp.analysis.patching.metrics import Metric
 from interp.analysis.patching.spec import PatchSpec
-from interp.hooks import HookInfo, attached
+from interp.hooks import HookInfo, attached, find_hook_info
 
 
 def can_resume(model) -> bool:
     """Whether the model can restart a forward at a layer and position (see the module doc)."""
     return callable(getattr(model, "forward_from", None)) and callable(getattr(model, "resume_state", None))
+
+
+def recurrent_hooks_in_use(model) -> list[str]:
+    """Hook points inside a recurrence (`HookInfo.patch == "recurrence"`: interp's Mamba and LSTM states)
+    that have a hook attached, a user's kept on while patching. A resumed pass cannot give such a hook
+    what the loop's forward gives it: an edit there is replayed through the recurrence, so what the hook
+    sees after position p depends on the unedited states before p, which the recording does not hold."""
+    return [
+        name
+        for name, point in model.hook_dict.items()
+        if getattr(point, "_forward_hooks", None)
+        and (info := find_hook_info(model, name)) is not None
+        and info.patch == "recurrence"
+    ]
 
 
 def start_of(model, spec: PatchSpec, info: HookInfo) -> tuple[int, int, bool] | None:
