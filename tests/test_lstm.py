@@ -67,6 +67,23 @@ def test_a_state_edited_in_place_feeds_the_recurrence_like_a_returned_edit(arch,
     )
 
 
+def test_padded_and_hooked_forwards_run_under_inference_mode():
+    """The reference loop (padding, a hook on the state) runs under `torch.inference_mode`, whose tensors
+    keep no version counter, and gives the no-grad forward's logits."""
+    torch.manual_seed(0)
+    model = build_model("lstm", d_vocab=12, d_model=16, n_layers=1)
+    tokens = torch.randint(0, 12, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, :2] = 0
+    scale = [("blocks.0.hook_cell", lambda act, hook: act * 1.1)]
+    with torch.no_grad():
+        expected = model(tokens, attention_mask=mask), model.run_with_hooks(tokens, fwd_hooks=scale)
+    with torch.inference_mode():
+        got = model(tokens, attention_mask=mask), model.run_with_hooks(tokens, fwd_hooks=scale)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
 def test_state_size_counts_hidden_and_cell():
     model = build_model("lstm", d_model=64, n_layers=3)
     size = model.state_size()

@@ -607,39 +607,48 @@ def test_state_patches_take_the_patched_layers_states_from_the_recording(arch, m
     [
         ("lstm", "blocks.1.hook_cell"),
         ("mamba", "blocks.1.mixer.hook_ssm_state"),
+        ("mamba2", "blocks.0.mixer.hook_ssm_state"),
         ("hybrid", "blocks.0.mixer.hook_ssm_state"),
+        ("mamba", "blocks.1.mixer.hook_ssm_write"),  # feeds the scan, nothing replayed: reuse runs
     ],
 )
 def test_hooks_kept_on_recurrent_states_make_patching_run_batched(arch, hook, monkeypatch):
     """A hook of yours on a recurrent state (scaling it), kept on while patching: its edit is replayed
     through the recurrence from position 0, which a resumed pass cannot reproduce (it would differ from the
-    loop), so "auto" runs batched and equals the loop, and "reuse" refuses, naming the hook."""
+    loop), so "auto" runs batched and equals the loop, and "reuse" refuses, naming the hook. A hook on what
+    the scan adds (`hook_ssm_write`) replays nothing, and reuse runs and equals the loop."""
     import interp.analysis.patching.activation as activation  # noqa: PLC0415
 
     torch.manual_seed(5)
     kw = dict(d_vocab=TASK.vocab.size, d_model=16)
     if arch == "lstm":
         model = build_model("lstm", n_layers=2, **kw)
-    elif arch == "mamba":
-        model = build_model("mamba", n_layers=2, d_state=4, **kw)
-    else:
+    elif arch == "hybrid":
         model = build_model("hybrid", layers=["mamba", "attn"], n_heads=2, d_state=4, **kw)
+    else:
+        model = build_model(arch, d_vocab=TASK.vocab.size, **MAMBAS[arch])
     model = sharpened(model)
     clean, corrupt = paired_batches(TASK, 2, 5)
     metric = make_metric("logit_diff", clean, corrupt)
     n = clean.tokens.shape[1]
     specs = patch_specs(model, "hidden" if arch == "lstm" else "resid_pre", positions=True, n_pos=n)
     args = (model, clean.tokens, corrupt.tokens, metric, specs)
+    plain = activation_patching(*args, mode="noise", method="loop")
     model.hook_dict[hook].add_perma_hook(lambda act, hook: act * 1.3)
     try:
         loop = activation_patching(*args, mode="noise", method="loop")
+        assert not torch.allclose(torch.tensor(loop.metric.values), torch.tensor(plain.metric.values))
         assert_same(activation_patching(*args, mode="noise", method="auto"), loop, torch.float64)
+        if hook.endswith("ssm_write"):
+            assert_same(activation_patching(*args, mode="noise", method="reuse"), loop, torch.float64)
+            return
         with pytest.raises(ValueError, match=f"cannot reproduce hooks kept on recurrent states \\({hook}\\)"):
             activation_patching(*args, mode="noise", method="reuse")
         monkeypatch.setattr(activation, "recurrent_hooks_in_use", lambda model: [])  # reuse regardless
         unguarded = activation_patching(*args, mode="noise", method="reuse")
+        # in float64 reuse equals the loop to ~1e-12 where it is exact
         assert not torch.allclose(
-            torch.tensor(unguarded.metric.values), torch.tensor(loop.metric.values), atol=1e-4
+            torch.tensor(unguarded.metric.values), torch.tensor(loop.metric.values), atol=1e-8, rtol=0
         )
     finally:
         model.reset_hooks(including_permanent=True)

@@ -93,11 +93,15 @@ class LSTMLayer(nn.Module):
                 state_out.append((h_n[0], c_n[0]))
             return out
         h, c = lstm_reference(x, self.lstm, mask=mask, init=init)
-        versions = h._version, c._version
+        # inference tensors keep no version counter: an edit in place is not seen there
+        versions = None if h.is_inference() else (h._version, c._version)
         h_new, c_new = self.hook_hidden(h), self.hook_cell(c)
-        if (h._version, c._version) != versions:
-            # A hook edited the state in place: recompute what it was given, to find its edits.
-            h, c = lstm_reference(x, self.lstm, mask=mask, init=init)
+        if versions is not None and (h._version, c._version) != versions:
+            # A hook edited the state in place: recompute what it was given (only compared), to find its edits.
+            with torch.no_grad():
+                h_given, c_given = lstm_reference(x, self.lstm, mask=mask, init=init)
+            h = h_given if h._version != versions[0] else h
+            c = c_given if c._version != versions[1] else c
         if not (h_new is h and c_new is c):
             # A hook edited the state: replay the recurrence from the edits on.
             edit = lambda new, old: torch.where(new != old, new, torch.full_like(new, float("nan")))

@@ -93,8 +93,9 @@ def activation_patching(
     if method == "reuse" and held:
         raise ValueError(
             f"method='reuse' cannot reproduce hooks kept on recurrent states ({', '.join(held)}): an edit there "
-            "is replayed through the recurrence from position 0, which a resumed pass does not run; remove "
-            "them, or use method='auto' (which then runs 'batched'), 'batched' or 'loop'"
+            "is replayed through the recurrence from position 0, which a resumed pass does not run (and reuse "
+            "cannot tell a hook that edits from one that watches); remove them, or use method='auto' (which "
+            "then runs 'batched'), 'batched' or 'loop'"
         )
     if method == "loop":
         per_forward(list(range(len(specs))))  # one patch per forward must fit too

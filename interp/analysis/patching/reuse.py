@@ -50,15 +50,17 @@ def can_resume(model) -> bool:
 
 
 def recurrent_hooks_in_use(model) -> list[str]:
-    """Hook points inside a recurrence (`HookInfo.patch == "recurrence"`: interp's Mamba and LSTM states)
-    that have a hook attached, a user's kept on while patching. A resumed pass cannot give such a hook
-    what the loop's forward gives it: an edit there is replayed through the recurrence, so what the hook
-    sees after position p depends on the unedited states before p, which the recording does not hold."""
+    """Recurrent-state hook points (`HookInfo.state` with `patch == "recurrence"`: interp's Mamba
+    `hook_ssm_state`, the LSTM's `hook_hidden` / `hook_cell`) that have a hook attached, a user's kept on
+    while patching. An edit there is replayed through the recurrence from position 0, so what the hook
+    sees after position p depends on unedited states before p that a resumed pass does not recompute. (A
+    hook on `hook_ssm_write` feeds the scan directly, with nothing replayed, and reuse reproduces it.)"""
     return [
         name
         for name, point in model.hook_dict.items()
         if getattr(point, "_forward_hooks", None)
         and (info := find_hook_info(model, name)) is not None
+        and info.state
         and info.patch == "recurrence"
     ]
 
