@@ -242,11 +242,31 @@ def attached(model: Any, fwd_hooks: Iterable[tuple[str, Callable]], prepend: boo
             point.remove_hooks("fwd", level=level)
 
 
+def version(t: Tensor) -> int | None:
+    """t's in-place version counter; None for a tensor made under `torch.inference_mode`, which keeps none."""
+    return None if t.is_inference() else t._version
+
+
+def call_keeping_input(hook: Callable[[Tensor], Tensor], act: Tensor, unedited: Callable[[], Tensor]):
+    """(hook(act), act as the hook received it), for a model that must find what a hook changed. When the
+    hook edited act in place, what it received is `unedited()` (recomputed without autograd); under
+    `torch.inference_mode`, whose tensors keep no version counter, act is copied before the hook instead."""
+    kept = act.clone() if act.is_inference() else None
+    before = version(act)
+    out = hook(act)
+    if kept is not None:
+        return out, (act if torch.equal(act, kept) else kept)
+    if act._version == before:
+        return out, act
+    with torch.no_grad():
+        return out, unedited()
+
+
 def mark_edited(out: Tensor, act: Tensor, positions: Tensor, axis: int) -> Tensor:
     """Note on a hook's output `out` that it equals its input `act` except at `positions` [E] of axis
     `axis`, so that a model that must find what a hook changed (Mamba's `hook_ssm_state`) compares
     those positions only (`edited_positions`). The patch hooks of `interp.analysis.patching` mark theirs."""
-    out._interp_edited = (weakref.ref(act), act._version, out._version, positions, axis)
+    out._interp_edited = (weakref.ref(act), version(act), version(out), positions, axis)
     return out
 
 
@@ -258,7 +278,8 @@ def edited_positions(new: Tensor, original: Tensor, axis: int) -> Tensor | None:
     if mark is None:
         return None
     act, act_version, new_version, positions, marked_axis = mark
-    valid = act() is original and original._version == act_version and new._version == new_version
+    known = act_version is not None and new_version is not None  # inference tensors: unknown, not trusted
+    valid = known and act() is original and version(original) == act_version and version(new) == new_version
     return positions if valid and marked_axis == axis else None
 
 

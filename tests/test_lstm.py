@@ -39,9 +39,10 @@ def test_patching_the_cell_state_changes_only_later_positions():
 
 @pytest.mark.parametrize("arch", ["lstm", "mamba", "mamba2"])
 @pytest.mark.parametrize("style", ["in place", "in place, returning None"])
-def test_a_state_edited_in_place_feeds_the_recurrence_like_a_returned_edit(arch, style):
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_a_state_edited_in_place_feeds_the_recurrence_like_a_returned_edit(arch, style, mode):
     """A hook that edits a recurrent state in place (TransformerLens style) acts as one returning the edit:
-    later positions see it."""
+    later positions see it, also under `torch.inference_mode` (whose tensors keep no version counter)."""
     torch.manual_seed(0)
     kw = dict(d_vocab=12, d_model=16, n_layers=1)
     model = build_model(arch, **kw, **({} if arch == "lstm" else {"d_state": 4}))
@@ -59,12 +60,12 @@ def test_a_state_edited_in_place_feeds_the_recurrence_like_a_returned_edit(arch,
         act[at] = 3.0
         return None if style.endswith("None") else act
 
-    clean = model(tokens)
-    expected = model.run_with_hooks(tokens, fwd_hooks=[(hook, returned)])
+    with mode():
+        clean = model(tokens)
+        expected = model.run_with_hooks(tokens, fwd_hooks=[(hook, returned)])
+        got = model.run_with_hooks(tokens, fwd_hooks=[(hook, in_place)])
     assert not torch.allclose(expected[:, t + 1 :], clean[:, t + 1 :])
-    torch.testing.assert_close(
-        model.run_with_hooks(tokens, fwd_hooks=[(hook, in_place)]), expected, atol=0, rtol=0
-    )
+    torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
 
 def test_padded_and_hooked_forwards_run_under_inference_mode():

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from interp.config import Config
+from interp.hooks import call_keeping_input
 from interp.models.base import Hook, HookedModel, StateSize
 
 
@@ -93,15 +94,9 @@ class LSTMLayer(nn.Module):
                 state_out.append((h_n[0], c_n[0]))
             return out
         h, c = lstm_reference(x, self.lstm, mask=mask, init=init)
-        # inference tensors keep no version counter: an edit in place is not seen there
-        versions = None if h.is_inference() else (h._version, c._version)
-        h_new, c_new = self.hook_hidden(h), self.hook_cell(c)
-        if versions is not None and (h._version, c._version) != versions:
-            # A hook edited the state in place: recompute what it was given (only compared), to find its edits.
-            with torch.no_grad():
-                h_given, c_given = lstm_reference(x, self.lstm, mask=mask, init=init)
-            h = h_given if h._version != versions[0] else h
-            c = c_given if c._version != versions[1] else c
+        unedited = lambda i: lambda: lstm_reference(x, self.lstm, mask=mask, init=init)[i]  # noqa: E731
+        h_new, h = call_keeping_input(self.hook_hidden, h, unedited(0))  # h: what the hook received
+        c_new, c = call_keeping_input(self.hook_cell, c, unedited(1))
         if not (h_new is h and c_new is c):
             # A hook edited the state: replay the recurrence from the edits on.
             edit = lambda new, old: torch.where(new != old, new, torch.full_like(new, float("nan")))

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from interp.config import Config
+from interp.hooks import call_keeping_input, version
 from interp.models.base import Hook, HookedModel, StateSize
 from interp.models.conv import depthwise_conv
 from interp.models.scan import IMPLS, selective_scan, uses_cuda_kernel
@@ -311,12 +312,8 @@ class MambaMixer(nn.Module):
         them, re-run the scan with the changes inside the recurrence, from the first changed position on
         -> (y, the last state; None when P = 0). y None: the scan has not run, the states are known
         (`forward`'s resume); it then runs once, from the start."""
-        version = states._version
-        new = self.hook_ssm_state(states)
-        if new is not states or states._version != version:
-            if new is states:  # edited in place: recompute the unedited states to see what changed
-                with torch.no_grad():
-                    states = scan(return_states=True)[1]
+        new, states = call_keeping_input(self.hook_ssm_state, states, lambda: scan(return_states=True)[1])
+        if new is not states:
             edit = StateEdit.changes(states, new, dim=2)  # the positions the hook changed, only
             if len(edit):
                 t0 = edit.positions()[0] if y is not None else 0  # before it nothing changed
@@ -438,15 +435,15 @@ def ssm_recorders(mixer, name: str, mask: Tensor | None, conv_in: dict, ssm: dic
 def seen_recorder(name: str, seen: dict, key) -> tuple:
     """A `hooks_first` hook recording, under `key`, what an SSM mixer's (`blocks.{l}.mixer`: name)
     hook_ssm_state receives; `seen_states` reads it back."""
-    return (f"{name}.hook_ssm_state", lambda act, hook: seen.__setitem__(key, (act, act._version)))
+    return (f"{name}.hook_ssm_state", lambda act, hook: seen.__setitem__(key, (act, version(act))))
 
 
 def seen_states(seen: dict, key) -> Tensor | None:
     """The states `seen_recorder` recorded under `key`; None if a later hook edited them in place."""
     if key not in seen:
         return None
-    act, version = seen[key]
-    return act if act._version == version else None
+    act, recorded = seen[key]
+    return act if recorded is not None and version(act) == recorded else None  # inference: unknown
 
 
 def record_resume(model, tokens: Tensor, attention_mask: Tensor | None) -> MambaResume:

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from interp.config import Config
+from interp.hooks import call_keeping_input
 from interp.models.base import Hook, HookedModel, StateSize
 from interp.models.conv import depthwise_conv
 from interp.models.mamba import (
@@ -303,12 +304,9 @@ class Mamba2Mixer(nn.Module):
         where it changed them, re-run the scan with the changes inside the recurrence, from the first
         changed position on -> (y, the last state; None when P = 0). y None: the scan has not run, the
         states are known (`forward`'s resume); it then runs once, from the start."""
-        version = states._version
-        new = self.hook_ssm_state(states)
-        if new is not states or states._version != version:
-            if new is states:  # edited in place: recompute the unedited states to see what changed
-                with torch.no_grad():
-                    states = ssd_scan(**scan_in, return_states=True)[1]
+        unedited = lambda: ssd_scan(**scan_in, return_states=True)[1]  # noqa: E731
+        new, states = call_keeping_input(self.hook_ssm_state, states, unedited)
+        if new is not states:
             edit = StateEdit.changes(states, new, dim=2)  # the positions the hook changed, only
             if len(edit):
                 t0 = edit.positions()[0] if y is not None else 0  # before it nothing changed: scan from there
