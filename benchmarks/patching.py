@@ -79,10 +79,13 @@ class Case:
     parallel: bool = False  # transformers: GPT-NeoX's (Pythia's) parallel attention + MLP block
 
     @property
+    def name(self) -> str:
+        return self.model + (" parallel" if self.parallel else "")
+
+    @property
     def label(self) -> str:
         shared = f" shared {self.same_prefix:.0%}" if self.same_prefix else ""
-        layout = " parallel" if self.parallel else ""
-        return f"{self.model}{layout} B={self.batch} P={2 * self.length + 3}{shared}"
+        return f"{self.name} B={self.batch} P={2 * self.length + 3}{shared}"
 
     @property
     def family(self) -> str:
@@ -330,9 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append(
                 [
-                    case.model
-                    + (" parallel" if case.parallel else "")
-                    + (f" (shares {case.same_prefix:.0%})" if case.same_prefix else ""),
+                    case.name + (f" (shares {case.same_prefix:.0%})" if case.same_prefix else ""),
                     case.batch,
                     2 * case.length + 3,
                     r["n"],

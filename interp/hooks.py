@@ -251,11 +251,12 @@ def call_keeping_input(hook: Callable[[Tensor], Tensor], act: Tensor, unedited: 
     """(hook(act), act as the hook received it), for a model that must find what a hook changed. When the
     hook edited act in place, what it received is `unedited()` (recomputed without autograd); under
     `torch.inference_mode`, whose tensors keep no version counter, act is copied before the hook instead."""
-    kept = act.clone() if act.is_inference() else None
-    before = version(act)
-    out = hook(act)
-    if kept is not None:
+    if act.is_inference():
+        kept = act.clone()
+        out = hook(act)
         return out, (act if torch.equal(act, kept) else kept)
+    before = act._version
+    out = hook(act)
     if act._version == before:
         return out, act
     with torch.no_grad():

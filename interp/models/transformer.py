@@ -639,9 +639,8 @@ class HookedTransformer(HookedModel):
                 if single and not hooked(*self.blocks[first:]):
                     return state.logits[:, pos:].repeat(copies, 1, 1)
                 rows = None
-            elif (
-                int(rows[-1] - rows[0]) + 1 == rows.numel()
-            ):  # a run of positions: index by views, not copies
+            # a run of positions: index by views, not copies
+            elif int(rows[-1] - rows[0]) + 1 == rows.numel():
                 rows = slice(int(rows[0]), int(rows[-1]) + 1)
         bias, rotary = self._bias_and_rotary(pos, n, key_mask, device)
         for i in range(first, len(self.blocks)):
