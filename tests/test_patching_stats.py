@@ -75,3 +75,9 @@ def test_percentile_equals_torch_quantile(n):
         torch.testing.assert_close(
             percentile(x, q), torch.quantile(x, q, dim=1), rtol=0, atol=1e-12, equal_nan=True
         )
+
+
+def test_percentile_names_bad_input():
+    for x, q in ((torch.zeros(3), 0.5), (torch.zeros(2, 0), 0.5), (torch.zeros(2, 4), 1.5)):
+        with pytest.raises(ValueError, match=r"percentile takes x \[S, n\] with n >= 1 and q in \[0, 1\]"):
+            percentile(x, q)

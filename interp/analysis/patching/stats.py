@@ -61,6 +61,10 @@ def percentile(x: Tensor, q: float) -> Tensor:
     """`torch.quantile(x, q, dim=1)` (linear interpolation) of x [S, n], from the few order statistics it
     needs (`topk` of the nearer tail: 3x faster on CPU than quantile's full sort of each row). Equal to it
     in float64; in float32 within about 1e-5 relative, as quantile computes the rank in float32."""
+    if x.ndim != 2 or not x.shape[1] or not 0 <= q <= 1:
+        raise ValueError(
+            f"percentile takes x [S, n] with n >= 1 and q in [0, 1]; got {tuple(x.shape)} and {q}"
+        )
     n = x.shape[1]
     at = q * (n - 1)
     below = int(at)
